@@ -1,0 +1,66 @@
+// vircpt export / release: an export that outlives the command, ended only by `vircpt release`.
+import { VircptError } from '../../errors.js';
+import { describeBackup, jobInfo } from '../../libvirt/backup.js';
+import { getCheckpoint } from '../../libvirt/checkpoint.js';
+import { findExports, findLiveExport, stopExport } from '../../exports/discover.js';
+import { nbdUri, type ExportRecord } from '../../exports/export.js';
+import { Instance, ownerOfPath, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
+import { startExport } from '../../exports/start.js';
+import { printJson, selectDisks, type Ctx } from '../context.js';
+
+export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<void> {
+  const sel = await selectDisks(ctx);
+  const checkpoint = await getCheckpoint(ctx.virsh, sel.domain.name, name);
+  const live = await findLiveExport(ctx.virsh, ctx.dirs, sel.domain.name);
+  if (live) {
+    throw new VircptError('JOB_ACTIVE', `domain ${sel.domain.name} is already exported (instance ${live.instance.id}); see vircpt info`);
+  }
+  const rec = await startExport({
+    virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
+    instance: Instance.of('export', ctx.dirs), scratchRoot: ctx.opts.scratchdir,
+  });
+  if (json) return printJson(ctx, rec);
+  ctx.stdout(describeExport(rec, name));
+}
+
+/** Human-readable: the socket, each disk's URI and dirty context, and commands to try. */
+export function describeExport(rec: ExportRecord, checkpoint: string): string {
+  const how = rec.kind === 'backup' ? 'backup job' : 'shut off: qemu-nbd, all checkpoint bitmaps';
+  const lines = [`exported ${rec.domain} at checkpoint ${checkpoint} (${how}); point in time ${rec.startedAt}`];
+  for (const d of rec.disks) {
+    lines.push(`  ${d.target}: ${nbdUri(d)}  size ${d.size}  dirty context ${d.dirtyContexts[checkpoint] ?? '-'}`);
+  }
+  const d = rec.disks[0]!;
+  const uri = nbdUri(d);
+  lines.push(
+    '',
+    'Try:',
+    `  nbdinfo --list 'nbd+unix:///?socket=${d.socket}'`,
+    `  nbdinfo --map=${d.dirtyContexts[checkpoint] ?? 'base:allocation'} '${uri}'`,
+    `  nbdcopy '${uri}' ${d.target}.raw`,
+    `  qemu-img create -f qcow2 -b '${uri}' -F raw ${d.target}-overlay.qcow2   # only while this export runs`,
+    `  mkdir -p /tmp/${d.target} && nbdfuse -r /tmp/${d.target}/disk.raw '${uri}' &   # then losetup -r -f --show /tmp/${d.target}/disk.raw`,
+    `Release it with: vircpt -d ${rec.domain} release`,
+    '',
+  );
+  return lines.join('\n');
+}
+
+export async function releaseCmd(ctx: Ctx): Promise<void> {
+  const domain = ctx.domainName;
+  const ours = (await findExports(ctx.dirs, domain)).find((f) => f.instance.id === PERSISTENT_INSTANCE);
+  if (ours) {
+    await stopExport(ctx.virsh, ours, ctx.log);
+    ctx.stdout(`released the export of ${domain}\n`);
+    return;
+  }
+  // Nothing of vircpt export's: say precisely what is there, and touch none of it.
+  const info = await jobInfo(ctx.virsh, domain).catch(() => undefined);
+  if (info && info.type !== 'None') {
+    const job = info.operation === 'Backup' ? await describeBackup(ctx.virsh, domain) : undefined;
+    const owner = ownerOfPath(ctx.dirs, job?.socket);
+    if (owner) throw new VircptError('JOB_ACTIVE', `domain ${domain} is exported by a vircptfs mount (instance ${owner}), not by vircpt export; unmount it instead`);
+    throw new VircptError('FOREIGN_JOB', `domain ${domain} has a ${info.operation || 'libvirt'} job that vircpt did not start; refusing to abort it`);
+  }
+  throw new VircptError('NO_EXPORT', `domain ${domain} has no export started by vircpt export`);
+}

@@ -1,0 +1,82 @@
+// The vircpt program: commander, built from injected dependencies (bin/ wires the real ones).
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { VircptError } from '../errors.js';
+import { createCmd, deleteCmd, listCmd } from './commands/checkpoints.js';
+import { exportCmd, releaseCmd } from './commands/export.js';
+import { makeCtx, type Deps, type GlobalOptions } from './context.js';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+
+export function defaultUri(): string {
+  return process.getuid?.() === 0 ? 'qemu:///system' : 'qemu:///session';
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  for (const v of value.split(',')) {
+    if (!/^[A-Za-z0-9_.-]+$/.test(v)) throw new InvalidArgumentError(`'${v}' is not a disk target (like sda or vdb)`);
+    previous.push(v);
+  }
+  return previous;
+}
+
+function checkpointName(value: string): string {
+  if (!/^[^/\s][^/]*$/.test(value) || value.length > 255) throw new InvalidArgumentError(`'${value}' is not a valid checkpoint name`);
+  return value;
+}
+
+export function buildProgram(deps: Deps): Command {
+  const program = new Command('vircpt')
+    .description('libvirt checkpoints: create, list, delete, export, release, map, info, copy')
+    .addOption(new Option('-U, --uri <uri>', 'libvirt connection URI').default(defaultUri()))
+    .option('-d, --domain <name>', 'the libvirt domain')
+    .option('-i, --include <targets>', 'only these disk targets (repeatable, or comma-separated)', collect)
+    .option('-x, --exclude <targets>', 'not these disk targets (repeatable, or comma-separated)', collect)
+    .option('--scratchdir <dir>', 'where backup scratch images go (they can grow up to each disk\'s size)')
+    .option('-v, --verbose', 'debug log, and stack traces on errors')
+    .showHelpAfterError('(vircpt --help for usage)')
+    .configureOutput({ writeOut: deps.stdout, writeErr: deps.stderr })
+    .exitOverride();
+  const ctx = () => makeCtx(deps, program.opts<GlobalOptions>());
+
+  program.command('create').description('create a checkpoint (guest-agent freeze when reachable)')
+    .requiredOption('--name <name>', 'checkpoint name', checkpointName)
+    .action((o: { name: string }) => createCmd(ctx(), o.name));
+  program.command('list').description('list the domain\'s checkpoints')
+    .option('--json', 'JSON output')
+    .action((o: { json?: boolean }) => listCmd(ctx(), !!o.json));
+  program.command('delete').description('delete a checkpoint (merging its bitmap into the parent)')
+    .requiredOption('--name <name>', 'checkpoint name', checkpointName)
+    .option('--metadata', 'only forget it in libvirt; bitmaps stay in the images')
+    .action((o: { name: string; metadata?: boolean }) => deleteCmd(ctx(), o.name, !!o.metadata));
+  program.command('export').description('start an export at a checkpoint; print NBD URIs and commands')
+    .requiredOption('--name <name>', 'checkpoint name (the incremental base of the dirty map)', checkpointName)
+    .option('--json', 'JSON output')
+    .action((o: { name: string; json?: boolean }) => exportCmd(ctx(), o.name, !!o.json));
+  program.command('release').description('stop the export that vircpt export started')
+    .action(() => releaseCmd(ctx()));
+  return program;
+}
+
+/** Runs the program; resolves to the exit code. Errors are one line on stderr (stack with -v). */
+export async function runVircpt(argv: string[], deps: Deps): Promise<number> {
+  const program = buildProgram(deps);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT_OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
+    }
+    const verbose = !!program.opts<GlobalOptions>().verbose;
+    if (err instanceof VircptError) {
+      deps.stderr(`vircpt: ${err.message}\n`);
+      if (verbose && err.stack) deps.stderr(`${err.stack}\n`);
+      return err.code === 'USAGE' ? EXIT_USAGE : EXIT_FAILED;
+    }
+    deps.stderr(`vircpt: ${err instanceof Error ? err.message : String(err)}\n`);
+    if (verbose && err instanceof Error && err.stack) deps.stderr(`${err.stack}\n`);
+    return EXIT_FAILED;
+  }
+}

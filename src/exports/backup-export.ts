@@ -1,0 +1,123 @@
+// A running domain's export: a libvirt pull-mode backup job serving every chosen disk over NBD on
+// a Unix socket of ours, frozen at the job's start (copy-before-write into scratch images).
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { VircptError } from '../errors.js';
+import { withFrozenGuest } from '../libvirt/agent.js';
+import { abortJob, backupXml, beginBackup, describeBackup, jobInfo, type BackupJob } from '../libvirt/backup.js';
+import type { BlockInfo, DomainDetails } from '../libvirt/domain.js';
+import type { Virsh } from '../libvirt/virsh.js';
+import type { Logger } from '../log.js';
+import type { ExportRecord } from './export.js';
+import { writeRecord } from './export.js';
+import { ownerOfPath, type Instance } from './runtime.js';
+
+export interface BackupExportOptions {
+  virsh: Virsh;
+  instance: Instance;
+  log: Logger;
+  domain: DomainDetails;
+  /** The incremental base: its bitmap becomes each disk's dirty context. */
+  checkpoint: string;
+  targets: string[];
+  sizes: Map<string, BlockInfo>;
+  scratchRoot?: string | undefined;
+  /** Guest-agent fsfreeze around the job's start (default true). */
+  freeze?: boolean;
+}
+
+const JOB_END_TIMEOUT_MS = 10_000;
+
+/** Refuses when the domain already has a job: ours (JOB_ACTIVE) or anyone else's (FOREIGN_JOB). */
+export async function assertNoJob(virsh: Virsh, instance: Instance, domain: string): Promise<void> {
+  // libvirt allows one job per domain; a second backup-begin blocks 30 s on the job lock first.
+  const info = await jobInfo(virsh, domain);
+  if (info.type === 'None') return;
+  const job = info.operation === 'Backup' ? await describeBackup(virsh, domain) : undefined;
+  const owner = ownerOfPath(instance.dirs, job?.socket);
+  if (owner !== undefined) {
+    throw new VircptError('JOB_ACTIVE', `domain ${domain} is already exported by vircptfs (instance ${owner})`);
+  }
+  throw new VircptError(
+    'FOREIGN_JOB',
+    `domain ${domain} has a running ${info.operation || 'libvirt'} job that vircptfs did not start; it is left alone`,
+  );
+}
+
+export async function startBackupExport(o: BackupExportOptions): Promise<ExportRecord> {
+  const { virsh, instance, domain } = o;
+  await assertNoJob(virsh, instance, domain.name);
+  await instance.prepare(domain.name, domain.qemuUser, o.scratchRoot);
+  const socket = path.join(instance.domainDir(domain.name), 'nbd.sock');
+  const scratchDir = instance.scratchDir(domain.name, o.scratchRoot);
+  const chosen = new Set(o.targets);
+  const xml = backupXml({
+    incremental: o.checkpoint,
+    socket,
+    disks: o.targets.map((t) => ({ target: t, scratch: path.join(scratchDir, `${t}.scratch.qcow2`) })),
+    skip: domain.disks.map((d) => d.target).filter((t) => !chosen.has(t)),
+  });
+  const startedAt = new Date();
+  try {
+    const begin = () => beginBackup(virsh, domain.name, xml);
+    await (o.freeze === false ? begin() : withFrozenGuest(virsh, domain.name, o.log, begin));
+  } catch (err) {
+    await instance.cleanup(domain.name, o.scratchRoot);
+    if (err instanceof VircptError) {
+      throw new VircptError(err.code, `domain ${domain.name}, checkpoint ${o.checkpoint}: ${err.message}`, { cause: err });
+    }
+    throw err;
+  }
+  const job = await describeBackup(virsh, domain.name);
+  const rec = recordFromJob(o, job, socket, startedAt);
+  await writeRecord(instance.domainDir(domain.name), rec);
+  o.log.info({ domain: domain.name, checkpoint: o.checkpoint, socket }, `export started: ${domain.name} (checkpoint ${o.checkpoint})`);
+  return rec;
+}
+
+function recordFromJob(o: BackupExportOptions, job: BackupJob | undefined, socket: string, startedAt: Date): ExportRecord {
+  if (!job || job.socket !== socket) {
+    throw new VircptError('LIBVIRT', `domain ${o.domain.name}: the backup job vanished right after it started`);
+  }
+  return {
+    domain: o.domain.name,
+    kind: 'backup',
+    owner: o.instance.id,
+    checkpoint: o.checkpoint,
+    startedAt: startedAt.toISOString(),
+    scratchRoot: o.scratchRoot,
+    disks: job.disks.map((d) => ({
+      target: d.target,
+      size: o.sizes.get(d.target)?.capacity ?? 0,
+      socket,
+      exportName: d.exportName,
+      dirtyContexts: d.exportBitmap ? { [o.checkpoint]: `qemu:dirty-bitmap:${d.exportBitmap}` } : {},
+      scratch: d.scratch,
+    })),
+  };
+}
+
+/** Ends our backup job (and only ours: the job's socket must be the one we recorded). */
+export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: ExportRecord, log: Logger): Promise<void> {
+  const socket = rec.disks[0]?.socket;
+  const job = await describeBackup(virsh, rec.domain).catch(() => undefined);
+  if (job && job.socket === socket) {
+    await abortJob(virsh, rec.domain).catch((err: unknown) => {
+      // The job may have ended on its own in between (domain destroyed): fine if it is gone.
+      if (!(err instanceof VircptError) || err.code !== 'NO_EXPORT') throw err;
+    });
+    await waitJobGone(virsh, rec.domain, socket);
+  }
+  await instance.cleanup(rec.domain, rec.scratchRoot);
+  log.info({ domain: rec.domain, checkpoint: rec.checkpoint }, `export released: ${rec.domain}`);
+}
+
+async function waitJobGone(virsh: Virsh, domain: string, socket: string | undefined): Promise<void> {
+  const deadline = Date.now() + JOB_END_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const job = await describeBackup(virsh, domain).catch(() => undefined);
+    if (!job || job.socket !== socket) return;
+    await sleep(50);
+  }
+  throw new VircptError('TIMEOUT', `domain ${domain}: the backup job did not end within ${JOB_END_TIMEOUT_MS / 1000} s`);
+}

@@ -1,0 +1,54 @@
+// What an export is, once started: per disk, where its NBD server listens and which meta
+// contexts carry the dirty bitmaps. Written to <domainDir>/export.json so that other commands
+// (`vircpt info`, `map`, `copy`, `release`) and a later instance can find it.
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+
+export type ExportKind = 'backup' | 'qemu-nbd';
+
+export interface DiskExport {
+  target: string;
+  /** Capacity in bytes (domblkinfo). */
+  size: number;
+  socket: string;
+  exportName: string;
+  /** Checkpoint name -> the meta context holding its dirty bitmap in this export. */
+  dirtyContexts: Record<string, string>;
+  /** qemu-nbd only: the pid file of the process serving this disk. */
+  pidFile?: string;
+  /** backup only: the scratch image (libvirt deletes it when the job ends). */
+  scratch?: string;
+}
+
+export interface ExportRecord {
+  domain: string;
+  kind: ExportKind;
+  /** The instance that started it (see runtime.ts). */
+  owner: string;
+  /** For a backup job: its incremental checkpoint. */
+  checkpoint: string | undefined;
+  /** ISO time of the export's start: its point in time. */
+  startedAt: string;
+  /** Where the scratch images live (backup), so release can remove the folder. */
+  scratchRoot: string | undefined;
+  disks: DiskExport[];
+}
+
+export const RECORD_FILE = 'export.json';
+
+export async function writeRecord(domainDir: string, rec: ExportRecord): Promise<void> {
+  await writeFile(path.join(domainDir, RECORD_FILE), `${JSON.stringify(rec, null, 2)}\n`, { mode: 0o600 });
+}
+
+export async function readRecord(domainDir: string): Promise<ExportRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(path.join(domainDir, RECORD_FILE), 'utf8')) as ExportRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The NBD URI of one disk of an export, as libnbd tools take it. */
+export function nbdUri(d: Pick<DiskExport, 'socket' | 'exportName'>): string {
+  return `nbd+unix:///${encodeURIComponent(d.exportName)}?socket=${d.socket}`;
+}

@@ -1,0 +1,48 @@
+// Guest-agent filesystem freeze around checkpoint creation and export start, when the agent answers.
+import type { Logger } from '../log.js';
+import { messageOf } from '../errors.js';
+import type { Virsh } from './virsh.js';
+
+const AGENT_TIMEOUT_S = 3;
+
+/** True when the domain's guest agent answers a ping within a few seconds. */
+export async function agentAvailable(virsh: Virsh, domain: string): Promise<boolean> {
+  try {
+    await virsh.run(
+      ['qemu-agent-command', '--timeout', String(AGENT_TIMEOUT_S), '--', domain, '{"execute":"guest-ping"}'],
+      { timeoutMs: (AGENT_TIMEOUT_S + 2) * 1000 },
+    );
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Runs fn with the guest's filesystems frozen when its agent answers; otherwise runs it anyway and
+ * warns that the data will be crash-consistent. Thaw always runs.
+ */
+export async function withFrozenGuest<T>(
+  virsh: Virsh,
+  domain: string,
+  log: Logger,
+  fn: () => Promise<T>,
+): Promise<T> {
+  if (!(await agentAvailable(virsh, domain))) {
+    log.warn({ domain }, `domain ${domain}: guest agent not reachable, no filesystem freeze (crash-consistent)`);
+    return fn();
+  }
+  try {
+    await virsh.run(['domfsfreeze', '--', domain], { timeoutMs: 30_000 });
+  } catch (err) {
+    log.warn({ domain }, `domain ${domain}: fsfreeze failed (${messageOf(err)}), continuing crash-consistent`);
+    return fn();
+  }
+  try {
+    return await fn();
+  } finally {
+    await virsh.run(['domfsthaw', '--', domain], { timeoutMs: 30_000 }).catch((err: unknown) => {
+      log.error({ domain }, `domain ${domain}: fsthaw failed: ${messageOf(err)}`);
+    });
+  }
+}

@@ -1,0 +1,104 @@
+// Pull-mode backup jobs: QEMU's NBD server exporting each disk at the job's start, with a
+// dirty bitmap of what changed since the incremental checkpoint.
+import { VircptError } from '../errors.js';
+import type { Virsh } from './virsh.js';
+import { attr, buildXml, child, children, parseXml, text } from './xml.js';
+
+export interface JobInfo {
+  /** None, Unbounded, Bounded, ... */
+  type: string;
+  /** Backup, Migration, ... (empty when there is no job). */
+  operation: string;
+}
+
+export interface BackupDisk {
+  target: string;
+  exportName: string;
+  /** The dirty-bitmap name in the export (context qemu:dirty-bitmap:<exportBitmap>). */
+  exportBitmap: string | undefined;
+  scratch: string | undefined;
+}
+
+export interface BackupJob {
+  incremental: string | undefined;
+  transport: string;
+  socket: string | undefined;
+  host: string | undefined;
+  port: number | undefined;
+  disks: BackupDisk[];
+}
+
+export interface BackupRequest {
+  incremental?: string;
+  socket: string;
+  disks: { target: string; scratch: string }[];
+  /** Disks of the domain not to export. */
+  skip: string[];
+}
+
+export async function jobInfo(virsh: Virsh, domain: string): Promise<JobInfo> {
+  const out = await virsh.run(['domjobinfo', '--', domain]);
+  const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, 'm').exec(out)?.[1]?.trim() ?? '';
+  return { type: field('Job type') || 'None', operation: field('Operation') };
+}
+
+export function backupXml(req: BackupRequest): string {
+  const disks = [
+    ...req.disks.map((d) => ({
+      '@name': d.target,
+      '@backup': 'yes',
+      '@type': 'file',
+      scratch: { '@file': d.scratch },
+    })),
+    ...req.skip.map((t) => ({ '@name': t, '@backup': 'no' })),
+  ];
+  return buildXml({
+    domainbackup: {
+      '@mode': 'pull',
+      ...(req.incremental ? { incremental: req.incremental } : {}),
+      server: { '@transport': 'unix', '@socket': req.socket },
+      disks: { disk: disks },
+    },
+  });
+}
+
+export async function beginBackup(virsh: Virsh, domain: string, xml: string): Promise<void> {
+  await virsh.runWithXml(['backup-begin', '--', domain, '{xml}'], xml);
+}
+
+/** The running backup job of a domain, or undefined when there is none. */
+export async function describeBackup(virsh: Virsh, domain: string): Promise<BackupJob | undefined> {
+  try {
+    return parseBackupXml(await virsh.run(['backup-dumpxml', '--', domain]));
+  } catch (err) {
+    if (err instanceof VircptError && err.code === 'NO_EXPORT') return undefined;
+    throw err;
+  }
+}
+
+export function parseBackupXml(xml: string): BackupJob {
+  const b = child(parseXml(xml), 'domainbackup');
+  if (!b) throw new VircptError('LIBVIRT', 'libvirt returned a backup description without <domainbackup>');
+  const server = child(b, 'server');
+  const port = attr(server, 'port');
+  return {
+    incremental: text(b, 'incremental'),
+    transport: attr(server, 'transport') ?? 'tcp',
+    socket: attr(server, 'socket'),
+    host: attr(server, 'name'),
+    port: port === undefined ? undefined : Number(port),
+    disks: children(child(b, 'disks'), 'disk')
+      .filter((d) => attr(d, 'backup') !== 'no')
+      .map((d) => ({
+        target: attr(d, 'name') ?? '',
+        exportName: attr(d, 'exportname') ?? attr(d, 'name') ?? '',
+        exportBitmap: attr(d, 'exportbitmap'),
+        scratch: attr(child(d, 'scratch'), 'file'),
+      })),
+  };
+}
+
+/** Ends the domain's job. Callers check first that the job is theirs. */
+export async function abortJob(virsh: Virsh, domain: string): Promise<void> {
+  await virsh.run(['domjobabort', '--', domain]);
+}

@@ -1,0 +1,54 @@
+// Logging: pino, one child logger per component (STYLE.md). Constructed in bin/, passed down.
+import { pino, type Logger } from 'pino';
+
+export type { Logger };
+
+export interface LogOptions {
+  level?: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** A file to append to (daemon mode); standard error otherwise. */
+  file?: string;
+  /** 'text' (default): one human line per record, prefixed; 'json': pino's own lines. */
+  format?: 'text' | 'json';
+  /** For text lines: what precedes each (the program's name). */
+  prefix?: string;
+}
+
+const LEVEL_WORD: Record<string, string> = { warn: 'warning', error: 'error', info: 'info', debug: 'debug', fatal: 'fatal', trace: 'trace' };
+
+/** A pino destination that turns each JSON record into `prefix: [time ]level: message`. */
+function textDestination(write: (line: string) => void, prefix: string, withTime: boolean) {
+  return {
+    write(record: string): void {
+      try {
+        const o = JSON.parse(record) as { level: string; msg?: string; time?: string };
+        const time = withTime && o.time ? `${o.time} ` : '';
+        write(`${time}${prefix}${LEVEL_WORD[o.level] ?? o.level}: ${o.msg ?? ''}\n`);
+      } catch {
+        write(record);
+      }
+    },
+  };
+}
+
+/** A human-readable line logger: `time level component: message key=value`. */
+export function createLogger(opts: LogOptions = {}): Logger {
+  const raw = opts.file
+    ? pino.destination({ dest: opts.file, append: true, mkdir: true, sync: true })
+    : pino.destination({ dest: 2, sync: true });
+  const prefix = opts.prefix ? `${opts.prefix}: ` : '';
+  const dest = opts.format === 'json' ? raw : textDestination((l) => raw.write(l), prefix, !!opts.file);
+  return pino(
+    {
+      level: opts.level ?? 'info',
+      base: undefined,
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    dest,
+  );
+}
+
+/** A logger that writes nothing (library defaults, tests). */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}

@@ -1,0 +1,143 @@
+// The lab: real libvirt domains (TCG, started paused: they never touch their disks and burn no
+// CPU), qcow2 disks, simulated guest writes through QEMU's block layer (HMP qemu-io), and a
+// teardown that removes everything a test made, also when it fails. Names carry the test run's
+// pid and a random suffix, so parallel test files never collide.
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { makeEmptyImage, makeExt4Image } from './images.js';
+import { requireTools, run } from './tools.js';
+
+export const LAB_URI = 'qemu:///system';
+export const LAB_ROOT = '/var/tmp/vircptfs-lab';
+
+export interface LabDisk {
+  target: string;
+  bus?: 'sata' | 'virtio';
+  size: number;
+  format?: 'qcow2' | 'raw';
+  /** Files for a GPT + ext4 disk; empty disk when absent. */
+  files?: Record<string, string | Buffer>;
+}
+
+export interface LabVmOptions {
+  disks: LabDisk[];
+  /** Start it (paused); default true. */
+  start?: boolean;
+}
+
+export function virsh(...args: string[]): Promise<string> {
+  return run('virsh', ['-q', '-c', LAB_URI, ...args]);
+}
+
+export class LabVm {
+  constructor(
+    readonly name: string,
+    readonly dir: string,
+    readonly disks: Required<Omit<LabDisk, 'files'>>[],
+  ) {}
+
+  image(target: string): string {
+    return path.join(this.dir, `${target}.${this.disk(target).format}`);
+  }
+
+  disk(target: string): Required<Omit<LabDisk, 'files'>> {
+    const d = this.disks.find((x) => x.target === target);
+    if (!d) throw new Error(`lab VM ${this.name} has no disk ${target}`);
+    return d;
+  }
+
+  /** QEMU's qdev id of a disk, for qemu-io (LAB.md). */
+  qdev(target: string): string {
+    const d = this.disk(target);
+    if (d.bus === 'sata') return `sata0-0-${this.disks.filter((x) => x.bus === 'sata').indexOf(d)}`;
+    return `/machine/peripheral/virtio-disk${this.disks.indexOf(d)}/virtio-backend`;
+  }
+
+  /** A guest write through the running VM's block layer: dirty bitmaps see it. */
+  async write(target: string, offset: number, length: number, pattern = 0xab): Promise<void> {
+    const out = await virsh('qemu-monitor-command', this.name, '--hmp',
+      `qemu-io -d ${this.qdev(target)} "write -P ${pattern} ${offset} ${length}"`);
+    if (/error|failed|invalid/i.test(out)) throw new Error(`qemu-io write on ${this.name}/${target} failed: ${out}`);
+  }
+
+  start(): Promise<string> {
+    return virsh('start', '--paused', this.name);
+  }
+
+  destroy(): Promise<string> {
+    return virsh('destroy', this.name);
+  }
+
+  async state(): Promise<string> {
+    return (await virsh('domstate', this.name)).trim();
+  }
+
+  async jobType(): Promise<string> {
+    const out = await virsh('domjobinfo', this.name);
+    return /^Job type:\s*(\S+)/m.exec(out)?.[1] ?? 'None';
+  }
+}
+
+function domainXml(name: string, dir: string, disks: Required<Omit<LabDisk, 'files'>>[]): string {
+  const d = disks.map((k) => `    <disk type='file' device='disk'>
+      <driver name='qemu' type='${k.format}'/>
+      <source file='${path.join(dir, `${k.target}.${k.format}`)}'/>
+      <target dev='${k.target}' bus='${k.bus}'/>
+    </disk>`).join('\n');
+  return `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+${d}
+  </devices>
+</domain>
+`;
+}
+
+/** One per test file: makes lab VMs and removes them all in cleanup(). */
+export class Lab {
+  readonly prefix: string;
+  readonly dir: string;
+  readonly #vms: LabVm[] = [];
+  #n = 0;
+
+  constructor(tag = 'lab') {
+    this.prefix = `vcptlab-${tag}-${process.pid}-${randomBytes(3).toString('hex')}`;
+    this.dir = path.join(LAB_ROOT, this.prefix);
+  }
+
+  async vm(opts: LabVmOptions): Promise<LabVm> {
+    await requireTools('virsh', 'qemu-img');
+    const name = `${this.prefix}-${++this.#n}`;
+    const dir = path.join(this.dir, name);
+    await mkdir(dir, { recursive: true });
+    for (const p of [LAB_ROOT, this.dir, dir]) await chmod(p, 0o755); // libvirt-qemu must traverse
+    const disks = opts.disks.map((d) => ({ bus: d.bus ?? 'virtio', format: d.format ?? 'qcow2', target: d.target, size: d.size }));
+    for (const [i, d] of disks.entries()) {
+      const file = path.join(dir, `${d.target}.${d.format}`);
+      const files = opts.disks[i]!.files;
+      if (files) await makeExt4Image(file, d.size, files);
+      else await makeEmptyImage(file, d.size, d.format);
+    }
+    const vm = new LabVm(name, dir, disks);
+    this.#vms.push(vm);
+    const xmlFile = path.join(dir, 'domain.xml');
+    await writeFile(xmlFile, domainXml(name, dir, disks));
+    await virsh('define', xmlFile);
+    if (opts.start !== false) await vm.start();
+    return vm;
+  }
+
+  /** Destroys and undefines every VM (checkpoint metadata included), then removes the files. */
+  async cleanup(): Promise<void> {
+    for (const vm of this.#vms) {
+      await execa('virsh', ['-q', '-c', LAB_URI, 'destroy', vm.name], { reject: false });
+      await execa('virsh', ['-q', '-c', LAB_URI, 'undefine', '--checkpoints-metadata', vm.name], { reject: false });
+    }
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
