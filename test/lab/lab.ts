@@ -60,6 +60,26 @@ export class LabVm {
     const out = await virsh('qemu-monitor-command', this.name, '--hmp',
       `qemu-io -d ${this.qdev(target)} "write -P ${pattern} ${offset} ${length}"`);
     if (/error|failed|invalid/i.test(out)) throw new Error(`qemu-io write on ${this.name}/${target} failed: ${out}`);
+    // Flush QEMU's qcow2 metadata caches, so the image file read from outside (qemu-img -U) agrees.
+    await virsh('qemu-monitor-command', this.name, '--hmp', `qemu-io -d ${this.qdev(target)} "flush"`);
+  }
+
+  /**
+   * The persistent bitmaps of a disk. A running QEMU keeps them in memory (the image shows them
+   * only once closed), so ask QEMU while the domain is active and the image otherwise.
+   */
+  async bitmaps(target: string): Promise<string[]> {
+    const image = this.image(target);
+    if ((await this.state()) !== 'shut off') {
+      const out = await virsh('qemu-monitor-command', this.name, '{"execute":"query-named-block-nodes","arguments":{"flat":true}}');
+      const nodes = (JSON.parse(out) as { return: { drv: string; file: string; 'dirty-bitmaps'?: { name: string }[] }[] }).return;
+      const node = nodes.find((n) => n.drv === 'qcow2' && n.file === image);
+      return (node?.['dirty-bitmaps'] ?? []).map((b) => b.name).sort();
+    }
+    const info = JSON.parse(await run('qemu-img', ['info', '-U', '--output=json', image])) as {
+      'format-specific'?: { data?: { bitmaps?: { name: string }[] } };
+    };
+    return (info['format-specific']?.data?.bitmaps ?? []).map((b) => b.name).sort();
   }
 
   start(): Promise<string> {
