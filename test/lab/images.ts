@@ -17,7 +17,13 @@ export async function makeEmptyImage(file: string, size: number, format: 'qcow2'
  * A qcow2 guest disk: GPT with one Linux partition from sector 2048, ext4 inside holding `files`
  * (relative path -> content). Returns nothing; the files are at PARTITION_OFFSET in the raw view.
  */
-export async function makeExt4Image(file: string, size: number, files: Record<string, string | Buffer>): Promise<void> {
+export async function makeExt4Image(
+  file: string,
+  size: number,
+  files: Record<string, string | Buffer>,
+  /** Partition size; the rest of the disk stays unpartitioned. Default: the whole disk. */
+  partitionSize?: number,
+): Promise<void> {
   await requireTools('qemu-img', 'sfdisk', 'mkfs.ext4');
   const work = await mkdtemp(`${file}.work-`);
   try {
@@ -30,9 +36,10 @@ export async function makeExt4Image(file: string, size: number, files: Record<st
     await mkdir(content, { recursive: true });
     const raw = path.join(work, 'disk.raw');
     await run('truncate', ['-s', String(size), raw]);
-    await run('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', raw], { input: 'label: gpt\nstart=2048, type=linux\n' });
     // The partition ends before the backup GPT (the last 33 sectors); keep whole MiBs for ext4.
-    const fsBytes = Math.floor((size - PARTITION_OFFSET - 34 * 512) / MiB) * MiB;
+    const fsBytes = partitionSize ?? Math.floor((size - PARTITION_OFFSET - 34 * 512) / MiB) * MiB;
+    const part = `label: gpt\nstart=2048, size=${fsBytes / 512}, type=linux\n`;
+    await run('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', raw], { input: part });
     await run('mkfs.ext4', ['-q', '-F', '-E', `offset=${PARTITION_OFFSET}`, '-d', content, raw, `${fsBytes / 1024}k`]);
     await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, file]);
     await chmod(file, 0o644);

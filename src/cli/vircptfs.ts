@@ -1,0 +1,66 @@
+// The vircptfs program: parse, validate, mount, and stay until unmounted or signalled.
+import { VircptError, messageOf } from '../errors.js';
+import { defaultRuntimeDirs } from '../exports/runtime.js';
+import { startFilesystem, type RunningFs } from '../fs/mount.js';
+import { DEFAULTS, parseFsArgs, sourceUri, type FsOptions } from '../fs/options.js';
+import type { Logger } from '../log.js';
+import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './vircpt.js';
+
+export const FS_USAGE = `Usage: vircptfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT
+
+libvirt checkpoints as read-only files: /<domain>/<checkpoint>/<disk>.raw and dirty-map.json.
+
+  SOURCE        a libvirt URI (qemu:///system, qemu+ssh://host/system) or 'default'
+  MOUNTPOINT    an existing directory
+  -f            stay in the foreground
+  -d            debug log (implies -f)
+  -h, --help    this help;  -V, --version  the version
+
+Options (-o, comma-separated, repeatable):
+  domain=NAME          only this domain (repeat for more); default: all
+  cache=SIZE           block cache size (default ${DEFAULTS.cacheBytes / 2 ** 20}M; e.g. 512M, 1G)
+  idle=SECONDS         release an export this long after its last file closed (default ${DEFAULTS.idleSeconds})
+  scratch=DIR          where backup scratch images go (default /var/tmp/vircptfs); each can grow
+                       up to its disk's size while an export is open and the guest writes
+  freeze | nofreeze    guest-agent fsfreeze around export start (default freeze, when the agent answers)
+  readahead=KB         kernel read-ahead of the mount (default ${DEFAULTS.readaheadKb})
+  log=FILE             log to FILE (daemon mode logs there; default: syslog is not used, see README)
+  allow_other          let other users read the mount (default: only the mounting user)
+  default_permissions  let the kernel check permissions
+  Accepted and ignored (mount(8)/fstab): defaults ro rw dev nodev suid nosuid exec noexec atime
+  noatime relatime auto noauto user users nofail _netdev x-*
+
+Unmount with: umount MOUNTPOINT (or fusermount3 -u MOUNTPOINT); every export is released.
+`;
+
+export interface FsDeps {
+  version: string;
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+  makeLogger: (o: FsOptions) => Logger;
+}
+
+/** Parses argv; a usage error or --help/--version ends here with an exit code. */
+export function parseOrExit(argv: string[], deps: FsDeps): FsOptions | number {
+  if (argv.includes('-h') || argv.includes('--help')) return deps.stdout(FS_USAGE), EXIT_OK;
+  if (argv.includes('-V') || argv.includes('--version')) return deps.stdout(`vircptfs ${deps.version}\n`), EXIT_OK;
+  try {
+    const o = parseFsArgs(argv);
+    sourceUri(o.source, defaultUri());
+    return o;
+  } catch (err) {
+    deps.stderr(`vircptfs: ${messageOf(err)}\n(vircptfs --help for usage)\n`);
+    return EXIT_USAGE;
+  }
+}
+
+/** Mounts; resolves to the running filesystem, or an exit code after one clear line. */
+export async function mountOrExit(o: FsOptions, log: Logger, deps: FsDeps): Promise<RunningFs | number> {
+  try {
+    return await startFilesystem({ ...o, uri: sourceUri(o.source, defaultUri()) }, defaultRuntimeDirs(), log);
+  } catch (err) {
+    deps.stderr(`vircptfs: ${messageOf(err)}\n`);
+    if (o.debug && err instanceof Error && err.stack) deps.stderr(`${err.stack}\n`);
+    return err instanceof VircptError && err.code === 'USAGE' ? EXIT_USAGE : EXIT_FAILED;
+  }
+}

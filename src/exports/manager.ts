@@ -1,0 +1,170 @@
+// The export manager: one export per domain, started lazily by the first open() of one of its
+// files, shared by every open file (reference counts), released after an idle grace period that
+// re-checks when it fires (STYLE.md habit 6). Concurrent opens share one start: the promise is
+// stored, not its result, and a failed start is forgotten so the next open tries afresh.
+import { VircptError, messageOf } from '../errors.js';
+import { getCheckpoint } from '../libvirt/checkpoint.js';
+import { blockInfo, getDomain } from '../libvirt/domain.js';
+import type { Virsh } from '../libvirt/virsh.js';
+import type { Logger } from '../log.js';
+import { ActiveExport } from './active-export.js';
+import { findLiveExport, stopExport } from './discover.js';
+import type { Instance } from './runtime.js';
+import { startExport } from './start.js';
+
+export interface ExportManagerOptions {
+  virsh: Virsh;
+  instance: Instance;
+  log: Logger;
+  /** Release an export this long after its last file closed (ms). */
+  idleMs: number;
+  scratchRoot?: string | undefined;
+  freeze?: boolean;
+  /** NBD connections per disk where multi-conn is allowed. */
+  connections?: number;
+}
+
+export interface Lease {
+  readonly export: ActiveExport;
+  /** Idempotent. */
+  release(): void;
+}
+
+interface DomainSlot {
+  /** The start in progress or done (shared by concurrent opens). */
+  current: Promise<ActiveExport> | undefined;
+  /** Its result once started. */
+  ready: ActiveExport | undefined;
+  idle: NodeJS.Timeout | undefined;
+}
+
+export class ExportManager {
+  readonly #o: ExportManagerOptions;
+  readonly #slots = new Map<string, DomainSlot>();
+  readonly #stopping = new Set<Promise<void>>();
+  #closed: Promise<void> | undefined;
+
+  constructor(opts: ExportManagerOptions) {
+    this.#o = opts;
+  }
+
+  #slot(domain: string): DomainSlot {
+    let s = this.#slots.get(domain);
+    if (!s) this.#slots.set(domain, (s = { current: undefined, ready: undefined, idle: undefined }));
+    return s;
+  }
+
+  /** The domain's export if one is up (never starts one: for stat and ls). */
+  peek(domain: string): ActiveExport | undefined {
+    return this.#slots.get(domain)?.ready;
+  }
+
+  /** Holds the domain's export, starting it at `checkpoint` when none runs. */
+  async acquire(domain: string, checkpoint: string): Promise<Lease> {
+    if (this.#closed) throw new VircptError('NBD_CLOSED', 'the filesystem is shutting down');
+    const slot = this.#slot(domain);
+    clearTimeout(slot.idle);
+    slot.idle = undefined;
+    let exp = slot.current ? await slot.current.catch(() => undefined) : undefined;
+    if (exp && !(await exp.alive())) {
+      this.#o.log.warn({ domain }, `export of ${domain} went away; starting a new one`);
+      this.#forget(slot, exp);
+      exp = undefined;
+    }
+    if (!exp) {
+      const starting = (slot.current ??= this.#start(domain, checkpoint));
+      try {
+        exp = await starting;
+        if (slot.current === starting) slot.ready = exp;
+      } catch (err) {
+        if (slot.current === starting) slot.current = undefined;
+        throw err;
+      }
+    }
+    return this.#lease(domain, exp);
+  }
+
+  #lease(domain: string, exp: ActiveExport): Lease {
+    exp.refs++;
+    let done = false;
+    return {
+      export: exp,
+      release: () => {
+        if (done) return;
+        done = true;
+        if (--exp.refs === 0) this.#armIdle(domain, exp);
+      },
+    };
+  }
+
+  #armIdle(domain: string, exp: ActiveExport): void {
+    const slot = this.#slot(domain);
+    clearTimeout(slot.idle);
+    slot.idle = setTimeout(() => {
+      slot.idle = undefined;
+      // Re-check: a file may have been opened meanwhile, or a newer export replaced this one.
+      if (exp.refs === 0) this.#forget(slot, exp);
+    }, this.#o.idleMs);
+    slot.idle.unref();
+  }
+
+  /** Drops an export from its slot (if still there) and stops it in the background. */
+  #forget(slot: DomainSlot, exp: ActiveExport): void {
+    if (slot.ready === exp) {
+      slot.ready = undefined;
+      slot.current = undefined;
+    }
+    const p = this.#stop(exp).finally(() => this.#stopping.delete(p));
+    this.#stopping.add(p);
+  }
+
+  async #start(domain: string, checkpointName: string): Promise<ActiveExport> {
+    const { virsh, log } = this.#o;
+    const [dom, sizes, checkpoint] = await Promise.all([
+      getDomain(virsh, domain), blockInfo(virsh, domain), getCheckpoint(virsh, domain, checkpointName),
+    ]);
+    const targets = checkpoint.disks.filter((d) => d.checkpoint === 'bitmap').map((d) => d.target);
+    try {
+      const rec = await startExport({ virsh, log, domain: dom, sizes, checkpoint, targets,
+        instance: this.#o.instance, scratchRoot: this.#o.scratchRoot, freeze: this.#o.freeze ?? true });
+      return new ActiveExport(rec, false, virsh, this.#diskOptions());
+    } catch (err) {
+      // Another instance of ours (a `vircpt export`, another mount) already serves it: read through.
+      if (!(err instanceof VircptError) || err.code !== 'JOB_ACTIVE') throw err;
+      const live = await findLiveExport(virsh, this.#o.instance.dirs, domain);
+      if (!live) throw err;
+      log.info({ domain, owner: live.instance.id }, `reading ${domain} through the export of instance ${live.instance.id}`);
+      return new ActiveExport(live.rec, true, virsh, this.#diskOptions());
+    }
+  }
+
+  #diskOptions() {
+    return { connections: this.#o.connections ?? 2 };
+  }
+
+  async #stop(exp: ActiveExport): Promise<void> {
+    await exp.close();
+    if (exp.borrowed) return;
+    try {
+      await stopExport(this.#o.virsh, { rec: exp.rec, instance: this.#o.instance }, this.#o.log);
+    } catch (err) {
+      this.#o.log.error({ domain: exp.rec.domain }, `releasing the export of ${exp.rec.domain} failed: ${messageOf(err)}`);
+    }
+  }
+
+  /** Releases every export (unmount, exit). Idempotent. */
+  close(): Promise<void> {
+    return (this.#closed ??= this.#closeAll());
+  }
+
+  async #closeAll(): Promise<void> {
+    const all: Promise<void>[] = [...this.#stopping];
+    for (const slot of this.#slots.values()) {
+      clearTimeout(slot.idle);
+      const cur = slot.current;
+      slot.current = slot.ready = undefined;
+      if (cur) all.push(cur.then((e) => this.#stop(e), () => undefined));
+    }
+    await Promise.all(all);
+  }
+}

@@ -1,0 +1,86 @@
+// What the tree shows, from libvirt, cached briefly: `ls -lR` and `find` must be quick and must
+// never start an export, and a new checkpoint should appear within a few seconds.
+import { LRUCache } from 'lru-cache';
+import { VircptError } from '../errors.js';
+import { listCheckpoints, type Checkpoint } from '../libvirt/checkpoint.js';
+import { blockInfo, listDomains, type BlockInfo } from '../libvirt/domain.js';
+import type { Virsh } from '../libvirt/virsh.js';
+
+export interface DomainEntry {
+  name: string;
+  checkpoints: Checkpoint[];
+  sizes: Map<string, BlockInfo>;
+}
+
+export interface CatalogOptions {
+  /** Only these domains (-o domain=NAME); all when empty. */
+  domains?: readonly string[];
+  /** How long a listing stays fresh (ms). */
+  ttlMs?: number;
+}
+
+const DOMAINS_KEY = '';
+
+export class Catalog {
+  readonly #virsh: Virsh;
+  readonly #only: ReadonlySet<string>;
+  readonly #domainList: LRUCache<string, string[]>;
+  readonly #entries: LRUCache<string, DomainEntry>;
+
+  constructor(virsh: Virsh, opts: CatalogOptions = {}) {
+    this.#virsh = virsh;
+    this.#only = new Set(opts.domains ?? []);
+    const ttl = opts.ttlMs ?? 2000;
+    this.#domainList = new LRUCache<string, string[]>({
+      max: 1, ttl, fetchMethod: async () => (await listDomains(virsh)).map((d) => d.name).filter((n) => this.#allowed(n)),
+    });
+    this.#entries = new LRUCache<string, DomainEntry>({ max: 1024, ttl, fetchMethod: (name) => this.#load(name) });
+  }
+
+  #allowed(name: string): boolean {
+    return this.#only.size === 0 || this.#only.has(name);
+  }
+
+  async domains(): Promise<string[]> {
+    return (await this.#domainList.fetch(DOMAINS_KEY)) ?? [];
+  }
+
+  async domain(name: string): Promise<DomainEntry> {
+    if (!this.#allowed(name) || !(await this.domains()).includes(name)) {
+      throw new VircptError('NOT_FOUND', `no domain ${name}`);
+    }
+    const entry = await this.#entries.fetch(name);
+    if (!entry) throw new VircptError('NOT_FOUND', `no domain ${name}`);
+    return entry;
+  }
+
+  async checkpoint(domain: string, name: string): Promise<{ entry: DomainEntry; checkpoint: Checkpoint }> {
+    const entry = await this.domain(domain);
+    const checkpoint = entry.checkpoints.find((c) => c.name === name);
+    if (!checkpoint) throw new VircptError('NOT_FOUND', `domain ${domain} has no checkpoint ${name}`);
+    return { entry, checkpoint };
+  }
+
+  /** Forget what is cached (tests, or after we changed something ourselves). */
+  refresh(): void {
+    this.#domainList.clear();
+    this.#entries.clear();
+  }
+
+  async #load(name: string): Promise<DomainEntry> {
+    try {
+      const [checkpoints, sizes] = await Promise.all([listCheckpoints(this.#virsh, name), blockInfo(this.#virsh, name)]);
+      return { name, checkpoints, sizes };
+    } catch (err) {
+      if (err instanceof VircptError && err.code === 'DOMAIN_NOT_FOUND') {
+        throw new VircptError('NOT_FOUND', `no domain ${name}`, { cause: err });
+      }
+      throw err;
+    }
+  }
+}
+
+/** The disks of a checkpoint that carry its bitmap: the files of its directory. */
+export function checkpointDisks(c: Checkpoint): string[] {
+  return c.disks.filter((d) => d.checkpoint === 'bitmap').map((d) => d.target);
+}

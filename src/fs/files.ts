@@ -1,0 +1,175 @@
+// The filesystem's operations, independent of the FUSE binding: the tree from the catalog
+// (never starting an export), opens that lease the domain's export, reads through the block
+// cache, and dirty maps generated at open.
+import { constants as C } from 'node:fs';
+import type { BlockCache, Reader } from '../cache/index.js';
+import { VircptError } from '../errors.js';
+import { renderDirtyMap } from '../exports/dirty-map.js';
+import type { ExportManager, Lease } from '../exports/manager.js';
+import type { Logger } from '../log.js';
+import { checkpointDisks, type Catalog } from './catalog.js';
+import type { FuseOpenResult, FuseOperations, FuseStat } from './fuse-binding.js';
+import { DIRTY_MAP, diskFileName, parsePath } from './tree.js';
+
+const DIR_MODE = C.S_IFDIR | 0o555;
+const FILE_MODE = C.S_IFREG | 0o444;
+const MAX_HANDLES = 0xffff_ffff;
+
+type Handle =
+  | { kind: 'disk'; lease: Lease; reader: Reader }
+  | { kind: 'map'; lease: Lease; data: Buffer };
+
+export interface FilesOptions {
+  catalog: Catalog;
+  manager: ExportManager;
+  cache: BlockCache;
+  log: Logger;
+  uid: number;
+  gid: number;
+  /** The mount's own time, for the root. */
+  mountedAt: Date;
+}
+
+export class Files implements FuseOperations {
+  readonly #o: FilesOptions;
+  readonly #handles = new Map<number, Handle>();
+  /** Size of each dirty map last generated, per path and export, so stat shows it while it holds. */
+  readonly #mapSizes = new Map<string, { startedAt: number; size: number }>();
+  #nextFh = 1;
+
+  constructor(opts: FilesOptions) {
+    this.#o = opts;
+  }
+
+  get openCount(): number {
+    return this.#handles.size;
+  }
+
+  #stat(mode: number, size: number, mtime: Date, blocks?: number): FuseStat {
+    const s: FuseStat = { mode, size, mtime, atime: mtime, ctime: mtime, uid: this.#o.uid, gid: this.#o.gid, nlink: mode === DIR_MODE ? 2 : 1 };
+    if (blocks !== undefined) s.blocks = blocks;
+    return s;
+  }
+
+  /** A file's time: its export's start while one is up, else the checkpoint's creation. */
+  #fileTime(domain: string, creation: number): Date {
+    return this.#o.manager.peek(domain)?.startedAt ?? new Date(creation * 1000);
+  }
+
+  async getattr(path: string): Promise<FuseStat> {
+    const node = parsePath(path);
+    const { catalog } = this.#o;
+    switch (node.kind) {
+      case 'root':
+        return this.#stat(DIR_MODE, 0, this.#o.mountedAt);
+      case 'domain': {
+        const e = await catalog.domain(node.domain);
+        const latest = Math.max(0, ...e.checkpoints.map((c) => c.creationTime));
+        return this.#stat(DIR_MODE, 0, latest ? new Date(latest * 1000) : this.#o.mountedAt);
+      }
+      case 'checkpoint': {
+        const { checkpoint } = await catalog.checkpoint(node.domain, node.checkpoint);
+        return this.#stat(DIR_MODE, 0, new Date(checkpoint.creationTime * 1000));
+      }
+      case 'disk': {
+        const { entry, checkpoint } = await catalog.checkpoint(node.domain, node.checkpoint);
+        const info = entry.sizes.get(node.target);
+        if (!info || !checkpointDisks(checkpoint).includes(node.target)) throw notFound(path);
+        const blocks = Math.ceil(Math.min(info.allocation, info.capacity) / 512);
+        return this.#stat(FILE_MODE, info.capacity, this.#fileTime(node.domain, checkpoint.creationTime), blocks);
+      }
+      case 'map': {
+        const { checkpoint } = await catalog.checkpoint(node.domain, node.checkpoint);
+        const mtime = this.#fileTime(node.domain, checkpoint.creationTime);
+        const known = this.#mapSizes.get(path);
+        // Unknown until generated (at open, with direct_io): 0 here, read to EOF anyway.
+        const size = known && known.startedAt === mtime.getTime() ? known.size : 0;
+        return this.#stat(FILE_MODE, size, mtime, Math.ceil(size / 512));
+      }
+      default:
+        throw notFound(path);
+    }
+  }
+
+  async readdir(path: string): Promise<string[]> {
+    const node = parsePath(path);
+    const { catalog } = this.#o;
+    switch (node.kind) {
+      case 'root':
+        return catalog.domains();
+      case 'domain':
+        return (await catalog.domain(node.domain)).checkpoints.map((c) => c.name);
+      case 'checkpoint': {
+        const { checkpoint } = await catalog.checkpoint(node.domain, node.checkpoint);
+        return [...checkpointDisks(checkpoint).map(diskFileName), DIRTY_MAP];
+      }
+      case 'none':
+        throw notFound(path);
+      default:
+        throw new VircptError('INVALID', `${path} is not a directory`);
+    }
+  }
+
+  async open(path: string, flags: number): Promise<FuseOpenResult> {
+    if ((flags & 3) !== C.O_RDONLY || flags & C.O_TRUNC) throw new VircptError('READ_ONLY', `${path}: read-only filesystem`);
+    const node = parsePath(path);
+    if (node.kind !== 'disk' && node.kind !== 'map') {
+      if (node.kind === 'none') throw notFound(path);
+      return { fh: 0 }; // directories
+    }
+    await this.getattr(path); // ENOENT before starting anything
+    const lease = await this.#o.manager.acquire(node.domain, node.checkpoint);
+    try {
+      const exp = lease.export;
+      if (node.kind === 'disk') {
+        if (!exp.hasDisk(node.target)) {
+          throw new VircptError('BUSY', `${path}: the running export of ${node.domain} does not include disk ${node.target}`);
+        }
+        const disk = await exp.disk(node.target);
+        return { fh: this.#add({ kind: 'disk', lease, reader: this.#o.cache.reader(disk) }) };
+      }
+      const { checkpoint } = await this.#o.catalog.checkpoint(node.domain, node.checkpoint);
+      const data = renderDirtyMap(await exp.dirtyMap(node.checkpoint, checkpointDisks(checkpoint)));
+      this.#mapSizes.set(path, { startedAt: exp.startedAt.getTime(), size: data.length });
+      return { fh: this.#add({ kind: 'map', lease, data }), directIo: true };
+    } catch (err) {
+      lease.release();
+      if (err instanceof VircptError && err.code === 'BUSY') this.#o.log.warn({ path }, err.message);
+      throw err;
+    }
+  }
+
+  #add(h: Handle): number {
+    while (this.#handles.has(this.#nextFh) || this.#nextFh === 0) this.#nextFh = (this.#nextFh % MAX_HANDLES) + 1;
+    const fh = this.#nextFh++;
+    this.#handles.set(fh, h);
+    return fh;
+  }
+
+  async read(path: string, fh: number, buf: Buffer, length: number, position: number): Promise<number> {
+    const h = this.#handles.get(fh);
+    if (!h) throw new VircptError('INVALID', `${path}: not open`);
+    if (h.kind === 'map') {
+      if (position >= h.data.length) return 0;
+      return h.data.copy(buf, 0, position, Math.min(h.data.length, position + length));
+    }
+    return h.reader.read(position, length, buf);
+  }
+
+  async release(_path: string, fh: number): Promise<void> {
+    const h = this.#handles.get(fh);
+    if (!h) return;
+    this.#handles.delete(fh);
+    if (h.kind === 'disk') await h.reader.close();
+    h.lease.release();
+  }
+
+  /** Closes every handle still open (unmount). */
+  async releaseAll(): Promise<void> {
+    await Promise.all([...this.#handles.keys()].map((fh) => this.release('', fh)));
+  }
+}
+
+function notFound(path: string): VircptError {
+  return new VircptError('NOT_FOUND', `${path}: no such file or directory`);
+}

@@ -1,0 +1,84 @@
+// Assembles the filesystem: libvirt reachable, leftovers of crashed instances cleaned, the tree,
+// the export manager and the block cache, mounted read-only through the FUSE binding.
+import { stat } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BlockCache } from '../cache/index.js';
+import { VircptError, messageOf } from '../errors.js';
+import { cleanupStale } from '../exports/discover.js';
+import { ExportManager } from '../exports/manager.js';
+import { Instance, type RuntimeDirs } from '../exports/runtime.js';
+import { Virsh } from '../libvirt/virsh.js';
+import type { Logger } from '../log.js';
+import { Catalog } from './catalog.js';
+import { toErrno } from './errno.js';
+import { Files } from './files.js';
+import { mountFuse, setReadAhead, type FuseMount } from './fuse-binding.js';
+import type { FsOptions } from './options.js';
+
+const UNMOUNT_GRACE_MS = 5000;
+
+export interface RunningFs {
+  readonly mountpoint: string;
+  /** Settles once the filesystem is down (stop(), or an unmount from outside) and all is released. */
+  readonly done: Promise<void>;
+  /** Unmounts and releases every export. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function startFilesystem(o: FsOptions & { uri: string }, dirs: RuntimeDirs, log: Logger): Promise<RunningFs> {
+  const st = await stat(o.mountpoint).catch(() => undefined);
+  if (!st?.isDirectory()) throw new VircptError('USAGE', `mountpoint ${o.mountpoint} does not exist or is not a directory`);
+  const virsh = new Virsh({ uri: o.uri, log: log.child({ c: 'virsh' }) });
+  await virsh.run(['uri'], { timeoutMs: 15_000 }).catch((err: unknown) => {
+    throw new VircptError('LIBVIRT', `cannot reach libvirt at ${o.uri}: ${messageOf(err)}`, { cause: err });
+  });
+  const cleaned = await cleanupStale(virsh, dirs, log);
+  if (cleaned > 0) log.info(`released ${cleaned} export(s) left by crashed instances`);
+
+  const instance = Instance.of('fs', dirs);
+  const manager = new ExportManager({
+    virsh, instance, log: log.child({ c: 'exports' }), idleMs: o.idleSeconds * 1000, scratchRoot: o.scratch, freeze: o.freeze,
+  });
+  const cache = new BlockCache({ maxBytes: o.cacheBytes });
+  const files = new Files({
+    catalog: new Catalog(virsh, { domains: o.domains }), manager, cache, log,
+    uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, mountedAt: new Date(),
+  });
+  let fuse: FuseMount;
+  try {
+    fuse = await mountFuse(o.mountpoint, files, {
+      fsname: o.uri, subtype: 'vircptfs', readOnly: true, allowOther: o.allowOther,
+      defaultPermissions: o.defaultPermissions, autoCache: true, attrTimeout: 1, entryTimeout: 1,
+      toErrno: (err) => {
+        if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY'].includes(err.code)) log.error(messageOf(err));
+        return toErrno(err);
+      },
+    });
+  } catch (err) {
+    await manager.close();
+    throw err;
+  }
+  await setReadAhead(fuse.mountpoint, o.readaheadKb).catch((err: unknown) => log.warn(`read-ahead not set: ${messageOf(err)}`));
+  log.info({ mountpoint: fuse.mountpoint, uri: o.uri }, `mounted ${o.uri} at ${fuse.mountpoint}`);
+
+  let releasing: Promise<void> | undefined;
+  let stopping: Promise<void> | undefined;
+  const release = () => (releasing ??= (async () => {
+    await files.releaseAll();
+    await manager.close();
+    cache.clear();
+  })());
+  const done = fuse.exited.then(async (exit) => {
+    if (exit.external) log.info(`${fuse.mountpoint} was unmounted; releasing exports`);
+    await release();
+    log.info(`stopped: ${fuse.mountpoint}`);
+  });
+  // A reader still inside (a loop device, say) keeps a lazily detached mount serving: release
+  // the exports at once (its reads fail with EIO), then give the loop a few seconds to end.
+  const stop = () => (stopping ??= (async () => {
+    const unmounted = fuse.unmount();
+    await release();
+    await Promise.race([unmounted.then(() => done), sleep(UNMOUNT_GRACE_MS)]);
+  })());
+  return { mountpoint: fuse.mountpoint, done, stop };
+}

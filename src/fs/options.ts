@@ -1,0 +1,104 @@
+// vircptfs's command line and -o options (DESIGN.md "The command-line contract"), parsed and
+// validated before anything is mounted: an unknown option must not leave a dead mount behind.
+import { VircptError } from '../errors.js';
+
+export interface FsOptions {
+  source: string;
+  mountpoint: string;
+  foreground: boolean;
+  debug: boolean;
+  /** Only these domains; all when empty. */
+  domains: string[];
+  cacheBytes: number;
+  idleSeconds: number;
+  scratch: string | undefined;
+  freeze: boolean;
+  allowOther: boolean;
+  defaultPermissions: boolean;
+  /** Kernel read-ahead for the mount (KiB). */
+  readaheadKb: number;
+  /** Daemon log file. */
+  logFile: string | undefined;
+}
+
+export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024 } as const;
+
+/** What mount(8) and fstab pass along, meaningless here: accepted and ignored. */
+const IGNORED = new Set(['defaults', 'ro', 'rw', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime',
+  'noatime', 'relatime', 'strictatime', 'nodiratime', 'auto', 'noauto', 'user', 'users', 'nouser', 'nofail', '_netdev',
+  'async', 'sync']);
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+export function parseSize(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!m) throw usage(`${what}=${text}: not a size (like 256M or 1G)`);
+  return Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
+}
+
+function parseUint(text: string, what: string, max: number): number {
+  if (!/^\d+$/.test(text) || Number(text) > max) throw usage(`${what}=${text}: not a whole number up to ${max}`);
+  return Number(text);
+}
+
+function usage(message: string): VircptError {
+  return new VircptError('USAGE', message);
+}
+
+/** Applies one -o option (already split on commas). */
+function applyOption(o: FsOptions, opt: string): void {
+  const eq = opt.indexOf('=');
+  const key = eq < 0 ? opt : opt.slice(0, eq);
+  const value = eq < 0 ? undefined : opt.slice(eq + 1);
+  const need = () => {
+    if (value === undefined || value === '') throw usage(`option ${key} needs a value (${key}=...)`);
+    return value;
+  };
+  switch (key) {
+    case 'domain': o.domains.push(need()); return;
+    case 'cache': o.cacheBytes = parseSize(need(), key);
+      if (o.cacheBytes < 16 * 2 ** 20) throw usage(`cache=${value}: at least 16M`);
+      return;
+    case 'idle': o.idleSeconds = parseUint(need(), key, 86400); return;
+    case 'scratch': o.scratch = need(); return;
+    case 'readahead': o.readaheadKb = parseUint(need(), key, 65536); return;
+    case 'log': o.logFile = need(); return;
+    case 'freeze': o.freeze = true; return;
+    case 'nofreeze': o.freeze = false; return;
+    case 'allow_other': o.allowOther = true; return;
+    case 'default_permissions': o.defaultPermissions = true; return;
+    default:
+      if (IGNORED.has(key) || key.startsWith('x-') || key.startsWith('comment=')) return;
+      throw usage(`unknown option: ${opt}`);
+  }
+}
+
+/** Parses `[-f] [-d] [-o OPTS]... SOURCE MOUNTPOINT` (options may come before or after). */
+export function parseFsArgs(argv: readonly string[]): FsOptions {
+  const o: FsOptions = {
+    source: '', mountpoint: '', foreground: false, debug: false, domains: [], cacheBytes: DEFAULTS.cacheBytes,
+    idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, freeze: true, allowOther: false,
+    defaultPermissions: false, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
+  };
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '-f') o.foreground = true;
+    else if (a === '-d') o.debug = o.foreground = true;
+    else if (a === '-o' || a.startsWith('-o')) {
+      const list = a === '-o' ? argv[++i] : a.slice(2);
+      if (list === undefined) throw usage('-o needs a list of options');
+      for (const opt of list.split(',').filter((x) => x.length > 0)) applyOption(o, opt);
+    } else if (a.startsWith('-') && a !== '-') throw usage(`unknown flag: ${a}`);
+    else positional.push(a);
+  }
+  if (positional.length !== 2) throw usage(`expected SOURCE and MOUNTPOINT, got ${positional.length} argument(s)`);
+  [o.source, o.mountpoint] = positional as [string, string];
+  return o;
+}
+
+export function sourceUri(source: string, defaultUri: string): string {
+  if (source === 'default') return defaultUri;
+  if (!/^[a-z][a-z0-9+]*:\/\//.test(source)) throw usage(`SOURCE ${source}: not a libvirt URI (like qemu:///system) or 'default'`);
+  return source;
+}
