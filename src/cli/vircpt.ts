@@ -2,7 +2,10 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { VircptError } from '../errors.js';
 import { createCmd, deleteCmd, listCmd } from './commands/checkpoints.js';
+import { copyCmd } from './commands/copy.js';
 import { exportCmd, releaseCmd } from './commands/export.js';
+import { infoCmd } from './commands/info.js';
+import { mapCmd } from './commands/map.js';
 import { makeCtx, type Deps, type GlobalOptions } from './context.js';
 
 export const EXIT_OK = 0;
@@ -56,6 +59,18 @@ export function buildProgram(deps: Deps): Command {
     .action((o: { name: string; json?: boolean }) => exportCmd(ctx(), o.name, !!o.json));
   program.command('release').description('stop the export that vircpt export started')
     .action(() => releaseCmd(ctx()));
+  program.command('map').description('extents changed since a checkpoint (--base: allocation), per disk')
+    .requiredOption('--name <name>', 'checkpoint name', checkpointName)
+    .option('--base', 'allocation extents (base:allocation) instead of the dirty ones')
+    .option('--json', 'JSON output (fields as nbdinfo --map --json)')
+    .action((o: { name: string; base?: boolean; json?: boolean }) => mapCmd(ctx(), o.name, !!o.base, !!o.json));
+  program.command('info').description('the running export\'s NBD details (never starts one)')
+    .option('--json', 'JSON output')
+    .action((o: { json?: boolean }) => infoCmd(ctx(), !!o.json));
+  program.command('copy').description('copy every selected disk to DIR/<target>.raw, sparse')
+    .requiredOption('--name <name>', 'checkpoint name', checkpointName)
+    .requiredOption('--out <dir>', 'output directory (created if missing; existing files are not overwritten)')
+    .action((o: { name: string; out: string }) => copyCmd(ctx(), o.name, o.out));
   return program;
 }
 

@@ -1,0 +1,48 @@
+// vircpt copy: every selected disk to DIR/<target>.raw, sparse, with a progress bar on a TTY.
+import { mkdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import cliProgress from 'cli-progress';
+import { VircptError } from '../../errors.js';
+import { copyDisk } from '../../exports/copy.js';
+import type { Ctx } from '../context.js';
+import { withExport } from '../use-export.js';
+
+const DISKS_AT_ONCE = 2;
+
+export async function copyCmd(ctx: Ctx, name: string, outDir: string): Promise<void> {
+  await mkdir(outDir, { recursive: true });
+  await withExport(ctx, name, async ({ exp, targets }) => {
+    const files = targets.map((t) => path.join(outDir, `${t}.raw`));
+    for (const f of files) {
+      if (await stat(f).then(() => true, () => false)) throw new VircptError('INVALID', `${f} already exists; not overwriting it`);
+    }
+    const disks = await Promise.all(targets.map((t) => exp.disk(t)));
+    const total = disks.reduce((n, d) => n + d.size, 0);
+    const bar = ctx.isTTY ? new cliProgress.SingleBar({
+      format: 'copying {bar} {percentage}% | {doneMiB}/{totalMiB} MiB | {eta_formatted} left',
+      hideCursor: true, stream: process.stdout,
+    }, cliProgress.Presets.shades_classic) : undefined;
+    let done = 0;
+    bar?.start(total, 0, { doneMiB: 0, totalMiB: (total / 2 ** 20).toFixed(0) });
+    const onProgress = (delta: number) => {
+      done += delta;
+      bar?.update(done, { doneMiB: (done / 2 ** 20).toFixed(0) });
+    };
+    const started = Date.now();
+    const results: string[] = [];
+    try {
+      let next = 0;
+      await Promise.all(Array.from({ length: DISKS_AT_ONCE }, async () => {
+        while (next < disks.length) {
+          const i = next++;
+          const r = await copyDisk(disks[i]!, files[i]!, { signal: ctx.signal, onProgress });
+          results[i] = `${targets[i]}: ${files[i]} (${r.size} bytes, ${r.writtenBytes} written, the rest sparse)`;
+        }
+      }));
+    } finally {
+      bar?.stop();
+    }
+    const secs = (Date.now() - started) / 1000;
+    ctx.stdout(`${results.join('\n')}\ncopied ${exp.domain} at checkpoint ${name}'s export (${exp.rec.startedAt}) in ${secs.toFixed(1)} s\n`);
+  });
+}

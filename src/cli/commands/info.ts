@@ -1,0 +1,37 @@
+// vircpt info: what the running export of a domain offers over NBD. Never starts one.
+import { VircptError } from '../../errors.js';
+import { findLiveExport } from '../../exports/discover.js';
+import { nbdUri } from '../../exports/export.js';
+import { NbdClient } from '../../nbd/index.js';
+import { printJson, type Ctx } from '../context.js';
+
+export async function infoCmd(ctx: Ctx, json: boolean): Promise<void> {
+  const live = await findLiveExport(ctx.virsh, ctx.dirs, ctx.domainName);
+  if (!live) {
+    throw new VircptError('NO_EXPORT', `domain ${ctx.domainName} has no running export (start one with vircpt export --name N, or open a file of a vircptfs mount)`);
+  }
+  const { rec } = live;
+  const disks = [];
+  for (const d of rec.disks) {
+    const client = await NbdClient.connect({ socketPath: d.socket, exportName: d.exportName, metaContexts: ['base:allocation', ...Object.values(d.dirtyContexts)], signal: ctx.signal });
+    try {
+      disks.push({
+        target: d.target, uri: nbdUri(d), exportName: d.exportName, size: client.size,
+        contexts: [...client.contexts.keys()], dirtyContexts: d.dirtyContexts,
+        blockSize: client.blockSize, readOnly: client.readOnly, canMultiConn: client.canMultiConn,
+        transmissionFlags: client.transmissionFlags,
+      });
+    } finally {
+      await client.close();
+    }
+  }
+  const info = { domain: rec.domain, kind: rec.kind, owner: rec.owner, checkpoint: rec.checkpoint ?? null, startedAt: rec.startedAt, disks };
+  if (json) return printJson(ctx, info);
+  ctx.stdout(`${rec.domain}: ${rec.kind === 'backup' ? `backup job at checkpoint ${rec.checkpoint}` : 'qemu-nbd (shut off)'}, ` +
+    `started ${rec.startedAt} by ${rec.owner === 'export' ? 'vircpt export' : `instance ${rec.owner}`}\n`);
+  for (const d of disks) {
+    ctx.stdout(`  ${d.target}: ${d.uri}\n    size ${d.size}, block sizes min ${d.blockSize.minimum} preferred ${d.blockSize.preferred} ` +
+      `max ${d.blockSize.maximum}, ${d.readOnly ? 'read-only' : 'writable'}, multi-conn ${d.canMultiConn ? 'yes' : 'no'}\n` +
+      `    contexts: ${d.contexts.join(', ')}\n`);
+  }
+}
