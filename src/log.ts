@@ -1,4 +1,5 @@
 // Logging: pino, one child logger per component (STYLE.md). Constructed in bin/, passed down.
+import { spawn } from 'node:child_process';
 import { pino, type Logger } from 'pino';
 
 export type { Logger };
@@ -11,6 +12,8 @@ export interface LogOptions {
   format?: 'text' | 'json';
   /** For text lines: what precedes each (the program's name). */
   prefix?: string;
+  /** Send the lines to syslog (the journal, under systemd) through logger(1), tagged with this. */
+  syslogTag?: string;
 }
 
 const LEVEL_WORD: Record<string, string> = { warn: 'warning', error: 'error', info: 'info', debug: 'debug', fatal: 'fatal', trace: 'trace' };
@@ -32,9 +35,11 @@ function textDestination(write: (line: string) => void, prefix: string, withTime
 
 /** A human-readable line logger: `time level component: message key=value`. */
 export function createLogger(opts: LogOptions = {}): Logger {
-  const raw = opts.file
-    ? pino.destination({ dest: opts.file, append: true, mkdir: true, sync: true })
-    : pino.destination({ dest: 2, sync: true });
+  const raw = opts.syslogTag
+    ? syslogDestination(opts.syslogTag)
+    : opts.file
+      ? pino.destination({ dest: opts.file, append: true, mkdir: true, sync: true })
+      : pino.destination({ dest: 2, sync: true });
   const prefix = opts.prefix ? `${opts.prefix}: ` : '';
   const dest = opts.format === 'json' ? raw : textDestination((l) => raw.write(l), prefix, !!opts.file);
   return pino(
@@ -46,6 +51,16 @@ export function createLogger(opts: LogOptions = {}): Logger {
     },
     dest,
   );
+}
+
+/** Lines to syslog through logger(1) (util-linux), the standard way for a shell-less daemon. */
+function syslogDestination(tag: string): { write(line: string): void } {
+  const child = spawn('logger', ['--id', '-t', tag], { stdio: ['pipe', 'ignore', 'ignore'] });
+  child.on('error', () => undefined);
+  child.stdin.on('error', () => undefined);
+  child.unref();
+  (child.stdin as unknown as { unref?: () => void }).unref?.();
+  return { write: (line: string) => void child.stdin.write(line) };
 }
 
 /** A logger that writes nothing (library defaults, tests). */

@@ -1,33 +1,63 @@
 #!/usr/bin/env node
 // vircptfs: the only place that reads argv, handles signals and exits.
 import { readFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_DAEMON_LOG, hasSyslog, isDaemonChild, startDaemon, tellParent } from '../cli/daemon.js';
 import { mountOrExit, parseOrExit, type FsDeps } from '../cli/vircptfs.js';
-import { createLogger } from '../log.js';
+import { messageOf } from '../errors.js';
+import type { FsOptions } from '../fs/options.js';
+import { createLogger, type LogOptions } from '../log.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+const daemon = isDaemonChild();
+
+function logOptions(o: FsOptions): LogOptions {
+  const base: LogOptions = { level: o.debug ? 'debug' : 'info', prefix: 'vircptfs' };
+  if (o.logFile) return { ...base, file: o.logFile };
+  if (!daemon) return base;
+  return hasSyslog() ? { ...base, prefix: '', syslogTag: 'vircptfs' } : { ...base, file: DEFAULT_DAEMON_LOG };
+}
+
+// In the daemon, errors go to the waiting parent (it prints them), not to a closed stderr.
+let lastError = '';
 const deps: FsDeps = {
   version: pkg.version,
   stdout: (s) => process.stdout.write(s),
-  stderr: (s) => process.stderr.write(s),
-  makeLogger: (o) => createLogger({ level: o.debug ? 'debug' : 'info', prefix: 'vircptfs', ...(o.logFile ? { file: o.logFile } : {}) }),
+  stderr: (s) => (daemon ? void (lastError ||= s.replace(/^vircptfs: /, '').split('\n')[0]!) : process.stderr.write(s)),
+  makeLogger: (o) => createLogger(logOptions(o)),
 };
 
-const parsed = parseOrExit(process.argv.slice(2), deps);
+const argv = process.argv.slice(2);
+const parsed = parseOrExit(argv, deps);
 if (typeof parsed === 'number') {
   process.exitCode = parsed;
+} else if (!parsed.foreground && !daemon) {
+  process.exitCode = await startDaemon(fileURLToPath(import.meta.url), argv, deps.stderr);
 } else {
   const log = deps.makeLogger(parsed);
   const fs = await mountOrExit(parsed, log, deps);
   if (typeof fs === 'number') {
-    process.exitCode = fs;
-  } else {
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.on(sig, () => {
-        log.info(`${sig}: unmounting ${fs.mountpoint}`);
-        void fs.stop().finally(() => process.exit(0));
-      });
-    }
-    await fs.done;
-    process.exit(0);
+    if (daemon) await tellParent({ error: lastError || 'mount failed', code: fs });
+    process.exit(fs);
   }
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      log.info(`${sig}: unmounting ${fs.mountpoint}`);
+      void fs.stop().finally(() => process.exit(0));
+    });
+  }
+  if (daemon) {
+    // Ready means: the mount is live and lists.
+    try {
+      await readdir(fs.mountpoint);
+      await tellParent({ ready: true });
+    } catch (err) {
+      await tellParent({ error: `the mount at ${fs.mountpoint} does not list: ${messageOf(err)}`, code: 1 });
+      await fs.stop();
+      process.exit(1);
+    }
+  }
+  await fs.done;
+  process.exit(0);
 }

@@ -1,6 +1,5 @@
 // Assembles the filesystem: libvirt reachable, leftovers of crashed instances cleaned, the tree,
 // the export manager and the block cache, mounted read-only through the FUSE binding.
-import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockCache } from '../cache/index.js';
 import { VircptError, messageOf } from '../errors.js';
@@ -13,6 +12,7 @@ import { Catalog } from './catalog.js';
 import { toErrno } from './errno.js';
 import { Files } from './files.js';
 import { mountFuse, setReadAhead, type FuseMount } from './fuse-binding.js';
+import { prepareMountpoint } from './mountpoint.js';
 import type { FsOptions } from './options.js';
 
 const UNMOUNT_GRACE_MS = 5000;
@@ -26,8 +26,8 @@ export interface RunningFs {
 }
 
 export async function startFilesystem(o: FsOptions & { uri: string }, dirs: RuntimeDirs, log: Logger): Promise<RunningFs> {
-  const st = await stat(o.mountpoint).catch(() => undefined);
-  if (!st?.isDirectory()) throw new VircptError('USAGE', `mountpoint ${o.mountpoint} does not exist or is not a directory`);
+  const { recovered } = await prepareMountpoint(o.mountpoint);
+  if (recovered) log.warn(`${o.mountpoint} held a dead mount (its daemon was killed); detached it`);
   const virsh = new Virsh({ uri: o.uri, log: log.child({ c: 'virsh' }) });
   await virsh.run(['uri'], { timeoutMs: 15_000 }).catch((err: unknown) => {
     throw new VircptError('LIBVIRT', `cannot reach libvirt at ${o.uri}: ${messageOf(err)}`, { cause: err });

@@ -1,0 +1,287 @@
+// The block cache between FUSE reads and the NBD client (DESIGN.md): aligned blocks in an LRU
+// bounded in bytes, shared in-flight fetches, batched source reads, zero extents served
+// without a read, and per-open-file Readers that read ahead on sequential access.
+import { LRUCache } from 'lru-cache';
+import { VircptError } from '../errors.js';
+import { raceAbort, throwIfAborted } from './abort.js';
+import { Batch } from './batch.js';
+import { Reader, readerConfig } from './reader.js';
+import type { Block, BlockCacheOptions, BlockSource, CacheStats, ReadaheadOptions } from './types.js';
+import { ZeroMap } from './zero-map.js';
+
+const MiB = 1024 * 1024;
+export const DEFAULT_MAX_BYTES = 256 * MiB;
+export const DEFAULT_BLOCK_SIZE = MiB;
+export const DEFAULT_MAX_BATCH = 32 * MiB;
+
+/** What the cache knows of a source id. Reads use the BlockSource they are given. */
+interface SourceState {
+  zeros: ZeroMap | Promise<ZeroMap>;
+  /** Blocks being fetched: invalidate() must drop them too (lru-cache's keys() skips them). */
+  readonly inflight: Map<number, Promise<Block>>;
+}
+
+/** What lru-cache hands back to fetchMethod for one block fetch. */
+interface FetchContext {
+  readonly state: SourceState;
+  readonly batch: Batch;
+  readonly index: number;
+}
+
+/** The part of a read that falls in one block; `block` is undefined where zeros are known. */
+interface Piece {
+  readonly start: number;
+  readonly end: number;
+  readonly block: Promise<Block> | undefined;
+}
+
+type Lookup = 'hit' | 'inflight' | 'miss';
+
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new VircptError('INVALID', `block cache: ${name} must be a positive integer, got ${value}`);
+  }
+  return value;
+}
+
+const alignDown = (n: number, unit: number): number => Math.floor(n / unit) * unit;
+const blockKey = (id: string, index: number): string => `${id}:${index}`;
+const idOfKey = (key: string): string => key.slice(0, key.lastIndexOf(':'));
+
+function newStats(): CacheStats {
+  return {
+    hits: 0, misses: 0, joins: 0, prefetchHits: 0, prefetchBlocks: 0, prefetchErrors: 0,
+    sourceReads: 0, bytesFetched: 0, zeroBytes: 0, zeroMapErrors: 0,
+  };
+}
+
+export class BlockCache {
+  readonly blockSize: number;
+  readonly maxBytes: number;
+  readonly #maxBatch: number;
+  readonly #readahead: ReadaheadOptions;
+  readonly #lru: LRUCache<string, Block, FetchContext>;
+  readonly #sources = new Map<string, SourceState>();
+  readonly #stats = newStats();
+  /** Bytes read-ahead has in flight, across all readers; kept under half the cache. */
+  #prefetchBytes = 0;
+
+  constructor(opts: BlockCacheOptions = {}) {
+    this.blockSize = positiveInteger('blockSize', opts.blockSize ?? DEFAULT_BLOCK_SIZE);
+    this.maxBytes = positiveInteger('maxBytes', opts.maxBytes ?? DEFAULT_MAX_BYTES);
+    if (this.maxBytes < 2 * this.blockSize) {
+      throw new VircptError('INVALID', `block cache: maxBytes ${this.maxBytes} holds fewer than two blocks`);
+    }
+    this.#maxBatch = positiveInteger('maxBatch', opts.maxBatch ?? DEFAULT_MAX_BATCH);
+    this.#readahead = opts.readahead ?? {};
+    this.#lru = new LRUCache<string, Block, FetchContext>({
+      maxSize: this.maxBytes,
+      maxEntrySize: this.blockSize,
+      sizeCalculation: (block) => block.data.length,
+      fetchMethod: (_key, _stale, { context }) => this.#startFetch(context),
+      // A fetch is shared by every reader of its block; readers' signals never reach it (see
+      // read()). lru-cache still aborts its own controller when an in-flight block is evicted
+      // or deleted: ignoreFetchAbort lets the fetch finish and hand its bytes to the readers
+      // already waiting (it is just not stored). allowStaleOnFetchAbort stays off: with no
+      // stale value it would settle the one promise all those readers share with `undefined`.
+      ignoreFetchAbort: true,
+      allowStaleOnFetchAbort: false,
+    });
+  }
+
+  /** A snapshot of the counters. */
+  get stats(): CacheStats {
+    return { ...this.#stats };
+  }
+
+  /** Bytes of block data held now (never more than maxBytes). */
+  get calculatedSize(): number {
+    return this.#lru.calculatedSize;
+  }
+
+  /** A per-open-file reader that reads ahead on sequential access. */
+  reader(source: BlockSource, opts: ReadaheadOptions = {}): Reader {
+    return new Reader(this, source, readerConfig(this.blockSize, this.maxBytes, { ...this.#readahead, ...opts }));
+  }
+
+  /**
+   * Copies [offset, offset + length) of `source`, clipped at its size, into `into`; returns the
+   * bytes copied. `signal` ends this caller's wait (ABORTED, or TIMEOUT for
+   * AbortSignal.timeout) and nothing else: fetches it started go on for other readers.
+   */
+  async read(source: BlockSource, offset: number, length: number, into: Buffer, signal?: AbortSignal): Promise<number> {
+    throwIfAborted(signal);
+    const end = this.#clip(source, offset, length, into);
+    if (end === offset) return 0;
+    const known = this.#state(source).zeros;
+    const zeros = known instanceof ZeroMap ? known : await raceAbort(known, signal);
+    // #state again: a new one if the source was invalidated while the zero map loaded.
+    const pieces = this.#lookup(source, this.#state(source), offset, end, zeros);
+    const blocks = await raceAbort(Promise.all(pieces.map((p) => p.block)), signal);
+    pieces.forEach((piece, i) => this.#copy(piece, blocks[i], into, piece.start - offset));
+    return end - offset;
+  }
+
+  /**
+   * Starts fetching the blocks of [offset, end) that are neither cached, in flight nor zeros,
+   * as few source reads as batching allows. Resolves when they settle; never rejects (a
+   * failed block is not cached, and the read that needs it retries and reports).
+   */
+  async prefetch(source: BlockSource, offset: number, end: number): Promise<void> {
+    const state = this.#state(source);
+    const zeros = await state.zeros;
+    if (this.#sources.get(source.id) !== state) return; // invalidated meanwhile
+    const batch = this.#newBatch(source, true);
+    const pending: Promise<void>[] = [];
+    const stop = Math.min(end, source.size);
+    for (let index = Math.floor(offset / this.blockSize); index * this.blockSize < stop; index++) {
+      const start = index * this.blockSize;
+      if (zeros.covers(start, Math.min(source.size, start + this.blockSize))) continue;
+      if (this.#lru.has(blockKey(source.id, index))) continue;
+      if (this.#prefetchBytes + this.blockSize > this.maxBytes / 2) break;
+      const { block, how } = this.#fetch(source.id, state, index, batch);
+      pending.push(how === 'miss' ? this.#trackPrefetch(block) : block.then(() => {}, () => {}));
+    }
+    batch.start();
+    await Promise.all(pending);
+  }
+
+  /** Forgets every block and the zero map of a source id (its export was released). */
+  invalidate(sourceId: string): void {
+    const state = this.#sources.get(sourceId);
+    this.#sources.delete(sourceId);
+    for (const key of [...this.#lru.keys()]) {
+      if (idOfKey(key) === sourceId) this.#lru.delete(key);
+    }
+    // Deleting an in-flight block makes lru-cache drop its result when it arrives.
+    for (const index of state?.inflight.keys() ?? []) this.#lru.delete(blockKey(sourceId, index));
+  }
+
+  dropSource(source: BlockSource): void {
+    this.invalidate(source.id);
+  }
+
+  /** Forgets every block of every source. */
+  clear(): void {
+    for (const id of [...this.#sources.keys()]) this.invalidate(id);
+    this.#lru.clear();
+  }
+
+  /** Validates a read and returns its end, clipped at the source's size (`offset` if empty). */
+  #clip(source: BlockSource, offset: number, length: number, into: Buffer): number {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new VircptError('INVALID', `read of ${source.id}: bad range offset=${offset} length=${length}`);
+    }
+    const end = Math.min(offset + length, source.size);
+    if (end <= offset) return offset;
+    if (into.length < end - offset) {
+      throw new VircptError('INVALID', `read of ${source.id}: buffer of ${into.length} bytes for ${end - offset}`);
+    }
+    return end;
+  }
+
+  #state(source: BlockSource): SourceState {
+    let state = this.#sources.get(source.id);
+    if (state) return state;
+    const fresh: SourceState = { zeros: ZeroMap.EMPTY, inflight: new Map() };
+    if (source.zeroExtents) {
+      // Asked once per source; the promise is stored so that concurrent first reads share it.
+      const load = source.zeroExtents.bind(source);
+      fresh.zeros = Promise.resolve()
+        .then(load)
+        .then(
+          (extents) => ZeroMap.from(extents, source.size),
+          () => {
+            // Only an optimisation: without it, zero ranges are simply read from the source.
+            this.#stats.zeroMapErrors++;
+            return ZeroMap.EMPTY;
+          },
+        )
+        .then((map) => (fresh.zeros = map));
+    }
+    state = fresh;
+    this.#sources.set(source.id, state);
+    return state;
+  }
+
+  /** Splits [offset, end) at block boundaries and starts the fetches it needs, batched. */
+  #lookup(source: BlockSource, state: SourceState, offset: number, end: number, zeros: ZeroMap): Piece[] {
+    const batch = this.#newBatch(source, false);
+    const pieces: Piece[] = [];
+    for (let pos = offset; pos < end; ) {
+      const index = Math.floor(pos / this.blockSize);
+      const pieceEnd = Math.min(end, (index + 1) * this.blockSize);
+      // A piece inside a zero extent needs no block, even if the rest of its block has data.
+      let block: Promise<Block> | undefined;
+      if (!zeros.covers(pos, pieceEnd)) {
+        const found = this.#fetch(source.id, state, index, batch);
+        this.#count(found.how);
+        block = found.block;
+      }
+      pieces.push({ start: pos, end: pieceEnd, block });
+      pos = pieceEnd;
+    }
+    batch.start();
+    return pieces;
+  }
+
+  #fetch(id: string, state: SourceState, index: number, batch: Batch): { block: Promise<Block>; how: Lookup } {
+    const status: LRUCache.Status<string, Block, FetchContext> = {};
+    const key = blockKey(id, index);
+    const block = this.#lru.fetch(key, { context: { state, batch, index }, status }).then((b) => {
+      if (!b) throw new VircptError('IO', `block ${key}: fetch ended without data`);
+      return b;
+    });
+    return { block, how: status.fetch === 'hit' || status.fetch === 'inflight' ? status.fetch : 'miss' };
+  }
+
+  /** lru-cache's fetchMethod: hand the block to the batch of the read that missed it. */
+  #startFetch({ state, batch, index }: FetchContext): Promise<Block> {
+    const block = batch.add(index);
+    state.inflight.set(index, block);
+    const forget = (): void => {
+      if (state.inflight.get(index) === block) state.inflight.delete(index);
+    };
+    block.then(forget, forget);
+    return block;
+  }
+
+  #newBatch(source: BlockSource, prefetch: boolean): Batch {
+    const maxRequest = Math.max(1, Math.floor(source.maxRequest ?? this.#maxBatch));
+    const maxBlocks = Math.max(1, Math.floor(Math.min(this.#maxBatch, maxRequest) / this.blockSize));
+    return new Batch({ source, blockSize: this.blockSize, maxBlocks, maxRequest, prefetch, stats: this.#stats });
+  }
+
+  #trackPrefetch(block: Promise<Block>): Promise<void> {
+    this.#prefetchBytes += this.blockSize;
+    this.#stats.prefetchBlocks++;
+    return block.then(
+      () => void (this.#prefetchBytes -= this.blockSize),
+      () => {
+        this.#prefetchBytes -= this.blockSize;
+        this.#stats.prefetchErrors++;
+      },
+    );
+  }
+
+  #count(how: Lookup): void {
+    if (how === 'hit') this.#stats.hits++;
+    else if (how === 'inflight') this.#stats.joins++;
+    else this.#stats.misses++;
+  }
+
+  #copy(piece: Piece, block: Block | undefined, into: Buffer, at: number): void {
+    const length = piece.end - piece.start;
+    if (!block) {
+      into.fill(0, at, at + length);
+      this.#stats.zeroBytes += length;
+      return;
+    }
+    if (block.prefetched) {
+      block.prefetched = false;
+      this.#stats.prefetchHits++;
+    }
+    const base = alignDown(piece.start, this.blockSize);
+    block.data.copy(into, at, piece.start - base, piece.end - base);
+  }
+}

@@ -1,0 +1,117 @@
+// One open file's reads, with read-ahead on sequential access only (sshfs's next_pos ==
+// offset; STYLE.md habit 9). The window grows 2 -> 4 -> 8 -> 16 MiB like Linux read-ahead:
+// each chunk is fetched while the reader consumes the previous one, and a read that enters a
+// chunk (passes its "trigger", Linux's PG_readahead mark) asks for the next, twice as large.
+// The reads themselves never wait for read-ahead.
+import { VircptError } from '../errors.js';
+import type { BlockCache } from './block-cache.js';
+import type { BlockSource, ReadaheadOptions } from './types.js';
+
+const MiB = 1024 * 1024;
+export const DEFAULT_READAHEAD_MIN = 2 * MiB;
+export const DEFAULT_READAHEAD_MAX = 16 * MiB;
+export const DEFAULT_REORDER_SLACK = 512 * 1024;
+
+export interface ReaderConfig {
+  blockSize: number;
+  minWindow: number;
+  maxWindow: number;
+  /** How far from nextOffset a read still counts as sequential (0: exactly nextOffset). */
+  reorderSlack: number;
+}
+
+/** Windows in whole blocks, at least one block, and bounded by the cache's size. */
+export function readerConfig(blockSize: number, maxBytes: number, opts: ReadaheadOptions): ReaderConfig {
+  const blocks = (n: number): number => Math.max(blockSize, Math.floor(n / blockSize) * blockSize);
+  // Read-ahead keeps up to two windows ahead of the reader: a quarter of the cache each at
+  // most, so what it fetches cannot push out the blocks being read.
+  const maxWindow = Math.min(blocks(maxBytes / 4), blocks(opts.maxWindow ?? DEFAULT_READAHEAD_MAX));
+  const minWindow = Math.min(maxWindow, blocks(opts.minWindow ?? DEFAULT_READAHEAD_MIN));
+  const reorderSlack = Math.max(0, opts.reorderSlack ?? DEFAULT_REORDER_SLACK);
+  return { blockSize, minWindow, maxWindow, reorderSlack };
+}
+
+export class Reader {
+  readonly source: BlockSource;
+  readonly #cache: BlockCache;
+  readonly #cfg: ReaderConfig;
+  #nextOffset = 0;
+  /** Size of the last read-ahead chunk; 0 after random access. */
+  #window = 0;
+  /** End of what read-ahead has asked for. */
+  #aheadEnd = 0;
+  /** A sequential read ending past this asks for the next chunk. */
+  #trigger = 0;
+  readonly #pending = new Set<Promise<void>>();
+  #closed: Promise<void> | undefined;
+
+  constructor(cache: BlockCache, source: BlockSource, cfg: ReaderConfig) {
+    this.#cache = cache;
+    this.source = source;
+    this.#cfg = cfg;
+  }
+
+  /** Where a sequential reader reads next. */
+  get nextOffset(): number {
+    return this.#nextOffset;
+  }
+
+  /** The current read-ahead window in bytes (0: not reading ahead). */
+  get window(): number {
+    return this.#window;
+  }
+
+  /** Like BlockCache.read, and reads ahead when this read continues the previous ones. */
+  read(offset: number, length: number, into: Buffer, signal?: AbortSignal): Promise<number> {
+    if (this.#closed) {
+      return Promise.reject(new VircptError('INVALID', `read of ${this.source.id} after close`));
+    }
+    // Ask for this read's blocks first, so that they go to the source before read-ahead's.
+    const done = this.#cache.read(this.source, offset, length, into, signal);
+    const end = Math.min(offset + length, this.source.size);
+    if (end > offset) this.#observe(offset, end);
+    return done;
+  }
+
+  /** Stops reading ahead; resolves once read-ahead already in flight has settled. */
+  close(): Promise<void> {
+    return (this.#closed ??= Promise.all([...this.#pending]).then(() => {}));
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #observe(offset: number, end: number): void {
+    if (Math.abs(offset - this.#nextOffset) > this.#cfg.reorderSlack) {
+      // Random access: no read-ahead until reads are sequential again.
+      this.#window = 0;
+      this.#aheadEnd = 0;
+      this.#trigger = 0;
+      this.#nextOffset = end;
+      return;
+    }
+    // Reads that arrive slightly out of order must not move nextOffset back.
+    this.#nextOffset = Math.max(this.#nextOffset, end);
+    if (end >= this.source.size) return;
+    if (this.#aheadEnd <= end) {
+      // Nothing ahead yet (or the reader caught up): start with the window so far.
+      const from = Math.ceil(end / this.#cfg.blockSize) * this.#cfg.blockSize;
+      this.#window = this.#window || this.#cfg.minWindow;
+      this.#issue(from, this.#window);
+    } else if (end > this.#trigger) {
+      this.#window = Math.min(this.#window * 2, this.#cfg.maxWindow);
+      this.#issue(this.#aheadEnd, this.#window);
+    }
+  }
+
+  #issue(from: number, length: number): void {
+    const to = Math.min(from + length, this.source.size);
+    if (to <= from) return;
+    this.#trigger = from;
+    this.#aheadEnd = to;
+    const work = this.#cache.prefetch(this.source, from, to).catch(() => {});
+    this.#pending.add(work);
+    void work.then(() => this.#pending.delete(work));
+  }
+}

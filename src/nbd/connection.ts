@@ -1,0 +1,262 @@
+// One NBD connection: the socket, the parser, the option exchange of the handshake and the
+// table of requests in flight. Bulk data lands straight in the caller's buffer: the socket's
+// `onread` buffer supplier hands out the parser's current OFFSET_DATA destination.
+
+import net from 'node:net';
+import { VircptError } from '../errors.js';
+import { NBD_CMD_DISC, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_OPT_ABORT, NBD_REP_ACK, NBD_REP_FLAG_ERROR } from './constants.js';
+import { encodeClientFlags, encodeOption, encodeRequest } from './codec.js';
+import { closedError } from './errors.js';
+import { NbdParser, type ParserEvent, type ReplyTarget } from './parser.js';
+
+export interface SocketTarget { socketPath?: string; host?: string; port?: number }
+
+export interface ConnectionOptions extends SocketTarget {
+  /** Bound on connecting plus the whole handshake (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Bound on each request once sent (default 30 s). */
+  requestTimeoutMs?: number;
+  signal?: AbortSignal;
+  /** Read into the destination buffer via `onread` (default); false feeds bytes from 'data' events. */
+  onread?: boolean;
+}
+
+export interface OptionReply { reply: number; data: Buffer }
+export interface OptionResult { replies: OptionReply[]; final: OptionReply }
+
+interface Request extends ReplyTarget {
+  settle(error?: VircptError): void;
+  onBlockStatus: ((contextId: number, extents: Uint32Array) => void) | undefined;
+}
+
+export interface SubmitOptions {
+  signal?: AbortSignal | undefined;
+  onBlockStatus?: (contextId: number, extents: Uint32Array) => void;
+}
+
+const SCRATCH_SIZE = 256 * 1024;
+/** Below this, one read into the scratch buffer (payload and next headers together) is cheaper. */
+const DIRECT_READ_MIN = 16 * 1024;
+const CLOSE_WAIT_MS = 5_000;
+
+function timeoutError(what: string, ms: number): VircptError {
+  return new VircptError('TIMEOUT', `${what} timed out after ${ms} ms`);
+}
+
+function abortedError(signal: AbortSignal, what: string): VircptError {
+  return new VircptError('ABORTED', `${what} aborted`, { cause: signal.reason });
+}
+
+export class NbdConnection {
+  #handshakeFlags = 0;
+  readonly #socket: net.Socket;
+  readonly #parser: NbdParser;
+  readonly #requestTimeoutMs: number;
+  readonly #inFlight = new Map<number, Request>();
+  readonly #scratch = Buffer.allocUnsafe(SCRATCH_SIZE);
+  #direct: Buffer | undefined;
+  #nextCookie = 1;
+  #waiter: { replies: OptionReply[]; resolve(r: OptionResult | number): void; reject(e: Error): void } | undefined;
+  #failure: VircptError | undefined;
+  #closing: Promise<void> | undefined;
+  #transmission = false;
+  #drained: (() => void) | undefined;
+  readonly #closed: Promise<void>;
+  readonly #disarm: () => void;
+
+  /** Connects and completes the greeting; the connection is then in the option phase. */
+  static async open(options: ConnectionOptions): Promise<NbdConnection> {
+    const conn = new NbdConnection(options);
+    const handshakeFlags = await conn.#expect<number>();
+    if (!(handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE)) {
+      conn.destroy();
+      throw new VircptError('NBD_UNSUPPORTED', 'NBD server does not speak fixed newstyle negotiation');
+    }
+    conn.#handshakeFlags = handshakeFlags;
+    // proto.md "Client flags": echo only what the server offered.
+    conn.#socket.write(encodeClientFlags(handshakeFlags & (NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)
+      & (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)));
+    return conn;
+  }
+
+  private constructor(options: ConnectionOptions) {
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
+    this.#parser = new NbdParser({ lookup: (cookie) => this.#inFlight.get(cookie), onEvent: (e) => this.#onEvent(e) });
+    const onread = options.onread === false ? undefined : {
+      buffer: () => this.#nextBuffer(),
+      callback: (n: number, buf: Uint8Array) => this.#onRead(n, buf),
+    };
+    const where = options.socketPath !== undefined
+      ? { path: options.socketPath } : { host: options.host ?? 'localhost', port: options.port ?? 10809 };
+    this.#socket = net.connect({ ...where, onread });
+    if (onread === undefined) this.#socket.on('data', (chunk: Buffer) => this.#parser.push(chunk));
+    let socketError: Error | undefined;
+    this.#socket.on('error', (err) => { socketError = err; });
+    this.#closed = new Promise((resolve) => this.#socket.once('close', () => {
+      this.#fail(closedError(`NBD connection closed${socketError ? `: ${socketError.message}` : ''}`, socketError));
+      resolve();
+    }));
+    this.#disarm = this.#armHandshake(options);
+  }
+
+  get handshakeFlags(): number { return this.#handshakeFlags; }
+  get transmission(): boolean { return this.#transmission; }
+  get failure(): VircptError | undefined { return this.#failure; }
+  get inFlight(): number { return this.#inFlight.size; }
+
+  /** Bounds the handshake in time and by the caller's signal; returns the disarming function. */
+  #armHandshake(options: ConnectionOptions): () => void {
+    const ms = options.connectTimeoutMs ?? 10_000;
+    const timer = setTimeout(() => this.destroy(timeoutError('NBD connect and handshake', ms)), ms);
+    const signal = options.signal;
+    const onAbort = () => this.destroy(abortedError(signal!, 'NBD connect'));
+    if (signal?.aborted) queueMicrotask(onAbort);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    return () => { clearTimeout(timer); signal?.removeEventListener('abort', onAbort); };
+  }
+
+  #nextBuffer(): Buffer {
+    const target = this.#parser.readTarget();
+    this.#direct = target !== undefined && target.length >= DIRECT_READ_MIN ? target : undefined;
+    return this.#direct ?? this.#scratch;
+  }
+
+  #onRead(n: number, buf: Uint8Array): boolean {
+    if (this.#parser.dead) return true;
+    if (buf === this.#direct) this.#parser.advanceDirect(n);
+    else this.#parser.push(this.#scratch.subarray(0, n));
+    return true;
+  }
+
+  #expect<T extends number | OptionResult>(): Promise<T> {
+    return new Promise((resolve, reject) => {
+      if (this.#failure) return reject(this.#failure);
+      this.#waiter = { replies: [], resolve: resolve as (r: OptionResult | number) => void, reject };
+    });
+  }
+
+  #onEvent(event: ParserEvent): void {
+    switch (event.type) {
+      case 'greeting': return this.#resolveWaiter(event.handshakeFlags);
+      case 'optionReply': return this.#onOptionReply(event.reply, event.data);
+      case 'blockStatus': return this.#inFlight.get(event.cookie)?.onBlockStatus?.(event.contextId, event.extents);
+      case 'done': return this.#onDone(event.cookie, event.error);
+      case 'protocolError': return this.destroy(event.error);
+      default: return undefined; // data and holes are already in the sink
+    }
+  }
+
+  #resolveWaiter(value: OptionResult | number): void {
+    const waiter = this.#waiter;
+    this.#waiter = undefined;
+    waiter?.resolve(value);
+  }
+
+  #onOptionReply(reply: number, data: Buffer): void {
+    if (this.#waiter === undefined) return this.destroy(new VircptError('NBD_PROTOCOL', 'NBD protocol error: unsolicited option reply'));
+    const entry = { reply, data };
+    // An option ends with NBD_REP_ACK or an error; INFO, SERVER, META_CONTEXT come before.
+    if (reply === NBD_REP_ACK || (reply & NBD_REP_FLAG_ERROR) !== 0) {
+      this.#resolveWaiter({ replies: this.#waiter.replies, final: entry });
+    } else {
+      this.#waiter.replies.push(entry);
+    }
+  }
+
+  /** Sends one option and gathers its replies up to the final one (proto.md: one at a time). */
+  option(option: number, data?: Buffer): Promise<OptionResult> {
+    if (this.#transmission || this.#waiter) throw new Error('option outside the option phase');
+    const result = this.#expect<OptionResult>();
+    if (!this.#failure) this.#socket.write(encodeOption(option, data));
+    return result;
+  }
+
+  /** Called after NBD_OPT_GO was acknowledged (the parser has switched already). */
+  enterTransmission(contextIds: Iterable<number>): void {
+    this.#parser.setMetaContexts(contextIds);
+    this.#transmission = true;
+    this.#disarm();
+  }
+
+  /** Sends one request; resolves when its reply is complete. */
+  submit(command: number, offset: number, length: number, sink: Buffer | undefined, options: SubmitOptions = {}): Promise<void> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (this.#closing) return Promise.reject(closedError('NBD connection is closing'));
+    const cookie = this.#nextCookie++;
+    return new Promise<void>((resolve, reject) => {
+      const { signal } = options;
+      const timer = setTimeout(() => request.settle(timeoutError(`NBD request ${cookie}`, this.#requestTimeoutMs)), this.#requestTimeoutMs);
+      const onAbort = () => request.settle(abortedError(signal!, `NBD request ${cookie}`));
+      const request: Request = {
+        command, offset, length, sink, onBlockStatus: options.onBlockStatus,
+        settle: (error) => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
+          // An abandoned request stays in the table so that its late reply is still parsed,
+          // but no byte of it may reach the caller's buffer any more.
+          request.sink = undefined;
+          request.onBlockStatus = undefined;
+          request.settle = () => {};
+          if (error) reject(error); else resolve();
+        },
+      };
+      this.#inFlight.set(cookie, request);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#socket.write(encodeRequest(0, command, cookie, offset, length));
+      if (signal?.aborted) onAbort();
+    });
+  }
+
+  #onDone(cookie: number, error: VircptError | undefined): void {
+    const request = this.#inFlight.get(cookie);
+    this.#inFlight.delete(cookie);
+    request?.settle(error);
+    if (this.#inFlight.size === 0) this.#drained?.();
+  }
+
+  #fail(error: VircptError): void {
+    this.#failure ??= error;
+    this.#disarm();
+    this.#waiter?.reject(this.#failure);
+    this.#waiter = undefined;
+    const requests = [...this.#inFlight.values()];
+    this.#inFlight.clear();
+    for (const request of requests) request.settle(this.#failure);
+    this.#drained?.();
+  }
+
+  /** Fails everything now and drops the socket. Idempotent. */
+  destroy(error?: VircptError): void {
+    this.#fail(error ?? closedError('NBD connection destroyed'));
+    this.#socket.destroy();
+  }
+
+  /** Waits for requests in flight, then disconnects softly (NBD_CMD_DISC / NBD_OPT_ABORT). */
+  close(): Promise<void> {
+    return (this.#closing ??= this.#doClose());
+  }
+
+  async #doClose(): Promise<void> {
+    if (!this.#failure) {
+      if (this.#transmission) {
+        await this.#drain();
+        // proto.md: "The values of the length and offset fields in a disconnect request MUST be zero."
+        if (!this.#failure) this.#socket.write(encodeRequest(0, NBD_CMD_DISC, this.#nextCookie++, 0, 0));
+      } else if (this.#waiter === undefined) {
+        this.#socket.write(encodeOption(NBD_OPT_ABORT));
+      }
+      this.#socket.end();
+    }
+    const timer = setTimeout(() => this.destroy(), CLOSE_WAIT_MS);
+    await this.#closed;
+    clearTimeout(timer);
+  }
+
+  #drain(): Promise<void> {
+    if (this.#inFlight.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.destroy(timeoutError('NBD close', this.#requestTimeoutMs)), this.#requestTimeoutMs);
+      this.#drained = () => { clearTimeout(timer); this.#drained = undefined; resolve(); };
+    });
+  }
+}
