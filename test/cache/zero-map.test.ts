@@ -1,0 +1,33 @@
+// ZeroMap against a byte-per-byte model of the same extents.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ZeroMap, type Extent } from '../../src/cache/index.js';
+import { rng } from './helpers.js';
+
+test('covers() agrees with a byte map for random, overlapping, unsorted extents', () => {
+  const next = rng(1234);
+  for (let round = 0; round < 50; round++) {
+    const size = 1 + next(400);
+    const extents: Extent[] = Array.from({ length: next(8) }, () => ({ offset: next(size + 40) - 20, length: next(80) }));
+    const zero = new Uint8Array(size);
+    for (const e of extents) for (let i = Math.max(0, e.offset); i < Math.min(size, e.offset + e.length); i++) zero[i] = 1;
+    const map = ZeroMap.from(extents, size);
+    for (let q = 0; q < 200; q++) {
+      const start = next(size);
+      const end = start + 1 + next(size - start);
+      assert.equal(map.covers(start, end), zero.subarray(start, end).every((b) => b === 1), `[${start}, ${end}) in ${JSON.stringify(extents)}`);
+    }
+    // Sorted, clipped, no overlap, adjacent ones merged.
+    map.extents.forEach((e, i) => {
+      assert.ok(e.offset >= 0 && e.length > 0 && e.offset + e.length <= size);
+      const prev = map.extents[i - 1];
+      if (prev) assert.ok(prev.offset + prev.length < e.offset);
+    });
+  }
+});
+
+test('malformed extents are ignored', () => {
+  const map = ZeroMap.from([{ offset: Number.NaN, length: 10 }, { offset: 5, length: -3 }, { offset: 2, length: 2.5 }], 100);
+  assert.deepEqual(map.extents, []);
+  assert.equal(map.covers(0, 1), false);
+});
