@@ -39,7 +39,18 @@ export function disksOfCheckpoint(o: Pick<StartExportOptions, 'checkpoint' | 'ta
  * A running (or paused) domain gets a pull-mode backup job with the checkpoint as incremental
  * base; a shut-off one gets qemu-nbd per disk with every checkpoint's bitmap.
  */
+/** A URI naming a host (qemu+ssh://host/system) reaches a remote libvirt. */
+export function isRemoteUri(uri: string): boolean {
+  return /^[a-z][a-z0-9+]*:\/\/[^/]/i.test(uri);
+}
+
 export async function startExport(o: StartExportOptions): Promise<ExportRecord> {
+  if (isRemoteUri(o.virsh.uri)) {
+    // The export's Unix socket would be on the remote host; NBD over TCP/TLS is the way there.
+    throw new VircptError('UNSUPPORTED',
+      `domain ${o.domain.name}: exports over a remote connection (${o.virsh.uri}) need NBD over TCP, which is not implemented yet; ` +
+      'listing works, reading does not');
+  }
   const targets = disksOfCheckpoint(o);
   if (o.domain.active) {
     return startBackupExport({ ...o, checkpoint: o.checkpoint.name, targets });
