@@ -4,22 +4,20 @@
 import { execFile } from 'node:child_process';
 import { readFile, realpath, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
+import { constants } from 'node:os';
+import { promisify } from 'node:util';
 import { VircptError, messageOf } from '../errors.js';
 
 export interface FuseStat {
   mode: number;
   size: number;
-  /** Milliseconds since the epoch, or a Date. */
+  /** Milliseconds since the epoch, or a Date; atime and ctime default to mtime. */
   mtime: number | Date;
   atime?: number | Date;
   ctime?: number | Date;
-  uid?: number;
-  gid?: number;
-  nlink?: number;
-  ino?: number;
+  uid?: number; gid?: number; nlink?: number; ino?: number; blksize?: number;
   /** 512-byte blocks really used: `du` and `cp --sparse=auto` read it. */
   blocks?: number;
-  blksize?: number;
 }
 
 export interface FuseStatfs {
@@ -50,19 +48,13 @@ export interface FuseOperations {
 }
 
 export interface FuseMountOptions {
-  fsname?: string;
-  subtype?: string;
-  allowOther?: boolean;
-  defaultPermissions?: boolean;
-  autoUnmount?: boolean;
-  autoCache?: boolean;
-  kernelCache?: boolean;
-  readOnly?: boolean;
+  fsname?: string; subtype?: string;
+  allowOther?: boolean; defaultPermissions?: boolean; autoUnmount?: boolean;
+  autoCache?: boolean; kernelCache?: boolean; readOnly?: boolean;
   /** Seconds. */
-  attrTimeout?: number;
-  entryTimeout?: number;
-  uid?: number;
-  gid?: number;
+  attrTimeout?: number; entryTimeout?: number;
+  /** Owner of every file (libfuse's uid=/gid=; 0 is kept, unlike the binding's own options). */
+  uid?: number; gid?: number;
   /** Further -o options of libfuse 2 (`max_readahead=1048576`, `max_background=64`). */
   extraOptions?: readonly string[];
   /** A rejection of an operation -> positive errno; EIO when it throws or gives no errno. */
@@ -70,68 +62,58 @@ export interface FuseMountOptions {
 }
 
 export interface FuseLoopExit {
-  /** fuse_loop_mt's result (0, or -1 on error); -1 too when noticed through mountinfo. */
-  status: number;
+  /** fuse_loop_mt's result (0, or -1 on error); undefined when the mount left this process's
+   *  mount namespace while its loop still serves a copy in another one. */
+  status: number | undefined;
   /** The mount ended without unmount() from here (`umount MNT`, `fusermount3 -u MNT`). */
   external: boolean;
 }
 
 export interface FuseMount {
   readonly mountpoint: string;
-  /** Settles when the FUSE loop has ended, however the mount ended. Never rejects. */
+  /** Settles once the mount is no longer served here, however it ended: its loop ended, or it
+   *  is gone from this mount namespace with no file left open. Never rejects. */
   readonly exited: Promise<FuseLoopExit>;
   onExit(cb: (exit: FuseLoopExit) => void): void;
-  /** Detaches (lazily, like fusermount -uz) and waits for the loop to end: files still open
-   *  keep it serving until they are closed. Idempotent. */
+  /** Detaches (lazily, like fusermount -uz), then waits for `exited`: files still open keep
+   *  the mount serving until they are closed. Idempotent. */
   unmount(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-// errno.h
-const EIO = 5;
+const { EIO } = constants.errno;
 /** fuse-native.c copies the option string and the mountpoint into char[1024] buffers. */
 const BINDING_STRING_MAX = 1023;
 const MOUNTINFO_POLL_MS = 500;
 
-type OptionKind = 'flag' | 'uint' | 'octal' | 'seconds' | 'name';
-/** The -o options libfuse 2.9 (mount.c, fuse_lowlevel.c, fuse.c) accepts; another one mounts
- *  and then fails in fuse_new. Left out: fd/rootmode/user_id/group_id (set by libfuse),
- *  modules/subdir (a missing module fails the same way), SELinux contexts. */
-const LIBFUSE2_OPTIONS: Readonly<Record<string, OptionKind>> = {
-  allow_other: 'flag', allow_root: 'flag', auto_unmount: 'flag', nonempty: 'flag',
-  default_permissions: 'flag', blkdev: 'flag', large_read: 'flag', ro: 'flag', rw: 'flag',
-  suid: 'flag', nosuid: 'flag', dev: 'flag', nodev: 'flag', exec: 'flag', noexec: 'flag',
-  async: 'flag', sync: 'flag', atime: 'flag', noatime: 'flag', dirsync: 'flag', debug: 'flag',
-  async_read: 'flag', sync_read: 'flag', atomic_o_trunc: 'flag', no_remote_lock: 'flag',
-  no_remote_flock: 'flag', no_remote_posix_lock: 'flag', big_writes: 'flag',
-  splice_move: 'flag', splice_read: 'flag', splice_write: 'flag', no_splice_move: 'flag',
-  no_splice_read: 'flag', no_splice_write: 'flag', hard_remove: 'flag', use_ino: 'flag',
-  readdir_ino: 'flag', direct_io: 'flag', kernel_cache: 'flag', auto_cache: 'flag',
-  noauto_cache: 'flag', noforget: 'flag', nopath: 'flag', intr: 'flag',
-  max_read: 'uint', max_write: 'uint', max_readahead: 'uint', max_background: 'uint',
-  congestion_threshold: 'uint', blksize: 'uint', remember: 'uint', uid: 'uint', gid: 'uint',
-  intr_signal: 'uint', umask: 'octal',
-  entry_timeout: 'seconds', negative_timeout: 'seconds', attr_timeout: 'seconds',
-  ac_attr_timeout: 'seconds', fsname: 'name', subtype: 'name',
-};
-const VALUE_PATTERNS: Readonly<Record<Exclude<OptionKind, 'flag'>, RegExp>> = {
-  uint: /^\d{1,10}$/, octal: /^[0-7]{1,4}$/, seconds: /^\d{1,9}(\.\d{1,9})?$/,
-  name: /^[\w.:@/+-]{1,255}$/, // no ',' (the option separator), no '\\', no blanks
+/** The -o options of libfuse 2.9 (mount.c, fuse_lowlevel.c, fuse.c), each tried here on a real
+ *  mount; any other mounts and then fails in fuse_new. Left out: fd, rootmode, user_id, group_id
+ *  (libfuse sets them), modules and subdir (a missing module fails the same way), blkdev,
+ *  large_read and blksize (the kernel refuses them for fuse), SELinux contexts. */
+const LIBFUSE2_FLAGS = new Set(('allow_other allow_root auto_unmount nonempty default_permissions ' +
+  'ro rw suid nosuid dev nodev exec noexec async sync atime noatime dirsync debug async_read ' +
+  'sync_read atomic_o_trunc no_remote_lock no_remote_flock no_remote_posix_lock big_writes ' +
+  'splice_move splice_read splice_write no_splice_move no_splice_read no_splice_write hard_remove ' +
+  'use_ino readdir_ino direct_io kernel_cache auto_cache noauto_cache noforget nopath intr').split(' '));
+const UINT = /^\d{1,10}$/; // %u; bounded below
+const SECONDS = /^\d{1,9}(\.\d{1,9})?$/; // %lf
+const NAME = /^(?:(?![,\\])[!-~]){1,255}$/; // printable ASCII but ',' (the separator) and '\\'
+const LIBFUSE2_VALUED: Readonly<Record<string, RegExp>> = {
+  max_read: UINT, max_write: UINT, max_readahead: UINT, max_background: UINT, congestion_threshold: UINT,
+  remember: UINT, uid: UINT, gid: UINT, intr_signal: UINT, umask: /^[0-7]{1,4}$/,
+  entry_timeout: SECONDS, negative_timeout: SECONDS, attr_timeout: SECONDS, ac_attr_timeout: SECONDS,
+  fsname: NAME, subtype: NAME,
 };
 
-function checkOption(option: string): string {
-  const eq = option.indexOf('=');
-  const name = eq < 0 ? option : option.slice(0, eq);
-  const kind = Object.hasOwn(LIBFUSE2_OPTIONS, name) ? LIBFUSE2_OPTIONS[name] : undefined;
-  const value = eq < 0 ? undefined : option.slice(eq + 1);
-  const ok = kind === 'flag' ? value === undefined
-    : kind !== undefined && value !== undefined && VALUE_PATTERNS[kind].test(value)
-      && (kind !== 'uint' || Number(value) <= 0xffffffff);
+function checkOption(option: string): void {
+  const [name = '', value] = option.split(/=(.*)/s);
+  const pattern = Object.hasOwn(LIBFUSE2_VALUED, name) ? LIBFUSE2_VALUED[name] : undefined;
+  const ok = value === undefined ? LIBFUSE2_FLAGS.has(name)
+    : pattern !== undefined && pattern.test(value) && (pattern !== UINT || Number(value) <= 0xffffffff);
   if (!ok) throw new VircptError('INVALID', `FUSE option not accepted by libfuse 2: ${option}`);
-  return option;
 }
 
-/** The -o list for the options, validated (exported for tests and `vircptfs --help`). */
+/** The -o list the options give, each checked against what libfuse 2 accepts. */
 export function fuseOptionList(o: FuseMountOptions): string[] {
   const named: Array<[unknown, string]> = [
     [o.allowOther, 'allow_other'], [o.defaultPermissions, 'default_permissions'],
@@ -157,16 +139,17 @@ export function countLibuvHandles(): number {
   return (process.report.getReport() as unknown as { libuv: unknown[] }).libuv.length;
 }
 
-interface MountinfoEntry { devId: string; mountpoint: string; fstype: string }
+export interface MountinfoEntry { devId: string; mountpoint: string; fstype: string; source: string }
 
-/** proc(5) /proc/pid/mountinfo: "id parent major:minor root mountpoint opts ... - fstype ...". */
+/** proc(5) /proc/pid/mountinfo: "id parent major:minor root mountpoint opts ... - fstype source ...". */
 export async function readMountinfo(): Promise<MountinfoEntry[]> {
   const text = await readFile('/proc/self/mountinfo', 'utf8');
   const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   return text.split('\n').filter(Boolean).map((line) => {
     const fields = line.split(' ');
     const sep = fields.indexOf('-');
-    return { devId: fields[2] ?? '', mountpoint: unescape(fields[4] ?? ''), fstype: fields[sep + 1] ?? '' };
+    const at = (i: number) => unescape(fields[i] ?? '');
+    return { devId: at(2), mountpoint: at(4), fstype: at(sep + 1), source: at(sep + 2) };
   });
 }
 
@@ -183,7 +166,7 @@ export async function setReadAhead(mountpoint: string, kb: number): Promise<void
 }
 
 // The patched binding (index.js + fuse-native.c), as far as it is used here.
-interface RawFuse { mount(cb: (err: Error | null) => void): void }
+interface RawFuse { mount(cb: (err: Error | null) => void): void; releaseNative(): void }
 interface RawFuseClass {
   new (mnt: string, ops: object, opts: object): RawFuse;
   VIRCPT_PATCH?: { js: number; native: number };
@@ -207,7 +190,7 @@ function loadBinding(): RawFuseClass {
 
 function errnoOf(err: unknown, toErrno: FuseMountOptions['toErrno']): number {
   let n = EIO;
-  try { n = toErrno ? toErrno(err) : EIO; } catch { n = EIO; }
+  try { n = toErrno?.(err) ?? EIO; } catch { /* EIO */ }
   return Number.isInteger(n) && n > 0 && n < 4096 ? n : EIO;
 }
 
@@ -237,10 +220,10 @@ function answer<T>(cb: RawCb, o: FuseMountOptions, op: () => Promise<T>, reply: 
     try { args = reply(v); } catch (err) { return fail(err); }
     send(args);
   };
-  try { op().then(ok, fail); } catch (err) { fail(err); }
+  try { Promise.resolve(op()).then(ok, fail); } catch (err) { fail(err); }
 }
 
-function rawOperations(ops: FuseOperations, o: FuseMountOptions, Fuse: RawFuseClass): object {
+function rawOperations(ops: FuseOperations, o: FuseMountOptions, Fuse: RawFuseClass, presence: Presence): object {
   const raw: Record<string, (...args: never[]) => void> = {
     getattr: (path: string, cb: RawCb) => answer(cb, o, () => ops.getattr(path), (s) => [0, toRawStat(s)]),
   };
@@ -248,10 +231,16 @@ function rawOperations(ops: FuseOperations, o: FuseMountOptions, Fuse: RawFuseCl
   if (readdir) raw.readdir = (path: string, cb: RawCb) => answer(cb, o, () => readdir.call(ops, path), (names) => [0, [...names]]);
   if (open) {
     raw.open = (path: string, flags: number, cb: RawCb) => answer(cb, o, () => open.call(ops, path, flags), (r) => {
-      if (!Number.isInteger(r.fh) || r.fh < 0 || r.fh > 0x7fffffff) throw new RangeError(`bad fh ${r.fh}`);
+      // The core takes an int32 and hands it back as a uint32: any 32-bit value round-trips.
+      if (!Number.isInteger(r.fh) || r.fh < 0 || r.fh > 0xffffffff) throw new RangeError(`bad fh ${r.fh}`);
       if (r.directIo && Fuse.FOPEN_DIRECT_IO === undefined) throw new Error('direct_io needs the patched addon');
+      presence.opened(); // libfuse sends exactly one release per successful open
       return [0, r.fh, (r.directIo ? Fuse.FOPEN_DIRECT_IO ?? 0 : 0) | (r.keepCache ? Fuse.FOPEN_KEEP_CACHE ?? 0 : 0)];
     });
+    raw.release = (path: string, fh: number, cb: RawCb) => {
+      presence.released();
+      answer(cb, o, async () => release?.call(ops, path, fh), () => [0]);
+    };
   }
   if (read) {
     raw.read = (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: RawCb) =>
@@ -260,47 +249,53 @@ function rawOperations(ops: FuseOperations, o: FuseMountOptions, Fuse: RawFuseCl
         return [n]; // the binding takes a byte count where the error goes
       });
   }
-  if (release) raw.release = (path: string, fh: number, cb: RawCb) => answer(cb, o, () => release.call(ops, path, fh), () => [0]);
   if (readlink) raw.readlink = (path: string, cb: RawCb) => answer(cb, o, () => readlink.call(ops, path), (t) => [0, t]);
   if (statfs) raw.statfs = (path: string, cb: RawCb) => answer(cb, o, () => statfs.call(ops, path), (s) => [0, s]);
   return raw;
 }
 
-function run(file: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(file, args, (err, _out, stderr) => (err ? reject(Object.assign(err, { stderr })) : resolve()));
-  });
-}
+/** Open files, and whether the mount is still in this process's mount namespace. */
+interface Presence { opened(): void; released(): void }
 
-class Mount implements FuseMount {
+class Mount implements FuseMount, Presence {
   readonly exited: Promise<FuseLoopExit>;
+  #open = 0;
+  #absentPolls = 0;
   #ended = false;
   #requested = false;
   #unmounting: Promise<void> | undefined;
   #settleExit!: (exit: FuseLoopExit) => void;
 
-  constructor(readonly mountpoint: string) {
+  constructor(readonly mountpoint: string, readonly devId: string, readonly releaseNative: () => void) {
     this.exited = new Promise((resolve) => { this.#settleExit = resolve; });
+    const timer = setInterval(() => this.#check(), MOUNTINFO_POLL_MS).unref();
+    void this.exited.then(() => clearInterval(timer));
   }
 
-  loopEnded(status: number): void {
+  opened(): void { this.#open++; }
+  released(): void { this.#open--; }
+
+  loopEnded(status: number | undefined): void {
     if (this.#ended) return;
     this.#ended = true;
     this.#settleExit({ status, external: !this.#requested });
   }
 
-  /** Without the patched addon the loop's end is not reported: notice the mount vanish. */
-  watchMountinfo(): void {
-    const timer = setInterval(() => {
-      fuseMountEntry(this.mountpoint).then((m) => { if (!m) this.loopEnded(-1); }, () => {});
-    }, MOUNTINFO_POLL_MS);
-    timer.unref();
-    void this.exited.then(() => clearInterval(timer));
+  /** A mount namespace copied while mounted (libvirt starts each QEMU in one) keeps the FUSE
+   *  connection, so the loop goes on after an unmount here: gone from this namespace with no
+   *  file open, on two polls in a row (the loop's own end, when it comes, is reported first),
+   *  counts as ended, and the loop no longer holds the process. */
+  #check(): void {
+    readMountinfo().then((all) => {
+      const gone = this.#open === 0 && !all.some((m) => m.devId === this.devId);
+      this.#absentPolls = gone ? this.#absentPolls + 1 : 0;
+      if (this.#absentPolls < 2 || this.#ended) return;
+      this.releaseNative();
+      this.loopEnded(undefined);
+    }, () => {});
   }
 
-  onExit(cb: (exit: FuseLoopExit) => void): void {
-    void this.exited.then(cb);
-  }
+  onExit(cb: (exit: FuseLoopExit) => void): void { void this.exited.then(cb); }
 
   unmount(): Promise<void> {
     this.#unmounting ??= this.#detach().catch((err: unknown) => {
@@ -314,17 +309,15 @@ class Mount implements FuseMount {
     this.#requested = true;
     if (!this.#ended) {
       // No shell: the binding's own unmount passes the path through exec().
-      await run('fusermount', ['-u', '-z', '--', this.mountpoint]).catch(async (err: unknown) => {
-        if (this.#ended || !(await fuseMountEntry(this.mountpoint))) return;
-        throw new VircptError('IO', `fusermount -uz ${this.mountpoint} failed: ${messageOf(err)}`, { cause: err });
+      await promisify(execFile)('fusermount', ['-u', '-z', '--', this.mountpoint]).catch(async (err: unknown) => {
+        if (this.#ended || !(await readMountinfo()).some((m) => m.devId === this.devId)) return;
+        throw new VircptError('IO', `fusermount -uz ${this.mountpoint} (Debian: fuse3): ${messageOf(err)}`, { cause: err });
       });
     }
     await this.exited;
   }
 
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.unmount();
-  }
+  [Symbol.asyncDispose](): Promise<void> { return this.unmount(); }
 }
 
 /** Mounts ops at mountpoint (an existing directory); resolves once the kernel has sent INIT. */
@@ -334,19 +327,22 @@ export async function mountFuse(mountpoint: string, ops: FuseOperations, options
   const dir = await realpath(mountpoint).catch((err: unknown) => {
     throw new VircptError('NOT_FOUND', `mountpoint ${mountpoint}: ${messageOf(err)}`, { cause: err });
   });
-  if (dir.length > BINDING_STRING_MAX || !(await stat(dir)).isDirectory()) {
+  if (Buffer.byteLength(dir) > BINDING_STRING_MAX || !(await stat(dir)).isDirectory()) {
     throw new VircptError('INVALID', `mountpoint ${mountpoint} is not a directory or too long`);
   }
-  const mount = new Mount(dir);
-  const native = (Fuse.VIRCPT_PATCH?.native ?? 0) >= 1;
-  const fuse = new Fuse(dir, rawOperations(ops, options, Fuse), {
+  let mount: Mount | undefined;
+  let ended: number | undefined;
+  const presence: Presence = { opened: () => mount?.opened(), released: () => mount?.released() };
+  const fuse = new Fuse(dir, rawOperations(ops, options, Fuse, presence), {
     timeout: false, // FUSE.md: else every operation fails with ETIMEDOUT after 15 s
     extraOptions,
-    onLoopExit: (status: number) => mount.loopEnded(status),
+    onLoopExit: (status: number) => (mount ? mount.loopEnded(status) : (ended = status)),
   });
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err) => (err ? reject(new VircptError('IO', `cannot mount FUSE at ${dir}: ${err.message}`, { cause: err })) : resolve()));
   });
-  if (!native) mount.watchMountinfo();
+  const entry = await fuseMountEntry(dir);
+  mount = new Mount(dir, entry?.devId ?? '', () => fuse.releaseNative());
+  if (ended !== undefined || !entry) mount.loopEnded(ended);
   return mount;
 }
