@@ -50,6 +50,13 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   for _ in $(seq 1 50); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
   virsh -c qemu:///system version >/dev/null || { echo "setup.sh: libvirtd did not come up" >&2; exit 1; }
 fi
+# Mount propagation as systemd sets it: libvirt starts each QEMU in a mount namespace copied from
+# the host's; with a private / (no systemd here), an unmount on the host never reaches those copies
+# and a FUSE mount lives on in every VM started while it was up.
+if [ "$(findmnt -no PROPAGATION / 2>/dev/null)" = private ]; then
+  log "making / a shared mount (as systemd does)"
+  mount --make-rshared /
+fi
 # FUSE needs /dev/fuse; loop devices need the loop module (built in on these machines).
 [ -c /dev/fuse ] || { echo "setup.sh: /dev/fuse is missing (load the fuse module)" >&2; exit 1; }
 log "ready"
