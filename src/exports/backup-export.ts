@@ -10,7 +10,7 @@ import type { Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
 import type { ExportRecord } from './export.js';
 import { writeRecord } from './export.js';
-import { ownerOfPath, type Instance } from './runtime.js';
+import { Instance, instanceAlive, ownerOfPath } from './runtime.js';
 
 export interface BackupExportOptions {
   virsh: Virsh;
@@ -28,13 +28,23 @@ export interface BackupExportOptions {
 
 const JOB_END_TIMEOUT_MS = 10_000;
 
-/** Refuses when the domain already has a job: ours (JOB_ACTIVE) or anyone else's (FOREIGN_JOB). */
-export async function assertNoJob(virsh: Virsh, instance: Instance, domain: string): Promise<void> {
+/**
+ * Refuses when the domain already has a job: ours (JOB_ACTIVE) or anyone else's (FOREIGN_JOB).
+ * A job of ours whose instance died (killed mid-start, before cleanup could see it) is aborted.
+ */
+export async function assertNoJob(virsh: Virsh, instance: Instance, domain: string, log?: Logger): Promise<void> {
   // libvirt allows one job per domain; a second backup-begin blocks 30 s on the job lock first.
   const info = await jobInfo(virsh, domain);
   if (info.type === 'None') return;
   const job = info.operation === 'Backup' ? await describeBackup(virsh, domain) : undefined;
   const owner = ownerOfPath(instance.dirs, job?.socket);
+  if (owner !== undefined && !instanceAlive(owner)) {
+    log?.warn({ domain }, `domain ${domain}: aborting the backup job left by crashed instance ${owner}`);
+    await abortJob(virsh, domain);
+    await waitJobGone(virsh, domain, job?.socket);
+    await new Instance(owner, instance.dirs).cleanup(domain);
+    return;
+  }
   if (owner !== undefined) {
     throw new VircptError('JOB_ACTIVE', `domain ${domain} is already exported by vircptfs (instance ${owner})`);
   }
@@ -46,7 +56,7 @@ export async function assertNoJob(virsh: Virsh, instance: Instance, domain: stri
 
 export async function startBackupExport(o: BackupExportOptions): Promise<ExportRecord> {
   const { virsh, instance, domain } = o;
-  await assertNoJob(virsh, instance, domain.name);
+  await assertNoJob(virsh, instance, domain.name, o.log);
   await instance.prepare(domain.name, domain.qemuUser, o.scratchRoot);
   const socket = path.join(instance.domainDir(domain.name), 'nbd.sock');
   const scratchDir = instance.scratchDir(domain.name, o.scratchRoot);
@@ -58,6 +68,12 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
     skip: domain.disks.map((d) => d.target).filter((t) => !chosen.has(t)),
   });
   const startedAt = new Date();
+  // Recorded before the job starts: if this process dies between backup-begin and the final
+  // record, a later instance still finds the job's socket here and cleans it up.
+  await writeRecord(instance.domainDir(domain.name), {
+    domain: domain.name, kind: 'backup', owner: instance.id, checkpoint: o.checkpoint, startedAt: startedAt.toISOString(),
+    scratchRoot: o.scratchRoot, disks: o.targets.map((t) => ({ target: t, size: 0, socket, exportName: t, dirtyContexts: {} })),
+  });
   try {
     const begin = () => beginBackup(virsh, domain.name, xml);
     await (o.freeze === false ? begin() : withFrozenGuest(virsh, domain.name, o.log, begin));

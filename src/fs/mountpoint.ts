@@ -10,7 +10,8 @@ export async function prepareMountpoint(mountpoint: string): Promise<{ recovered
   const abs = path.resolve(mountpoint);
   let recovered = false;
   const st = await stat(abs).catch(async (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOTCONN') return undefined;
+    // ECONNABORTED: the daemon died while this request was in flight (kernel fuse_abort_conn).
+    if (err.code !== 'ENOTCONN' && err.code !== 'ECONNABORTED') return undefined;
     await detachStale(abs);
     recovered = true;
     return stat(abs).catch(() => undefined);
