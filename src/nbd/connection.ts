@@ -60,6 +60,7 @@ export class NbdConnection {
   #failure: VircptError | undefined;
   #closing: Promise<void> | undefined;
   #transmission = false;
+  #corked = false;
   #drained: (() => void) | undefined;
   readonly #closed: Promise<void>;
   readonly #disarm: () => void;
@@ -73,9 +74,9 @@ export class NbdConnection {
       throw new VircptError('NBD_UNSUPPORTED', 'NBD server does not speak fixed newstyle negotiation');
     }
     conn.#handshakeFlags = handshakeFlags;
-    // proto.md "Client flags": echo only what the server offered.
-    conn.#socket.write(encodeClientFlags(handshakeFlags & (NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)
-      & (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)));
+    // proto.md "Client flags": set only what the server offered (same bit positions).
+    const offered = handshakeFlags & (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    conn.#socket.write(encodeClientFlags(offered & (NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)));
     return conn;
   }
 
@@ -100,9 +101,7 @@ export class NbdConnection {
   }
 
   get handshakeFlags(): number { return this.#handshakeFlags; }
-  get transmission(): boolean { return this.#transmission; }
   get failure(): VircptError | undefined { return this.#failure; }
-  get inFlight(): number { return this.#inFlight.size; }
 
   /** Bounds the handshake in time and by the caller's signal; returns the disarming function. */
   #armHandshake(options: ConnectionOptions): () => void {
@@ -180,8 +179,8 @@ export class NbdConnection {
 
   /** Sends one request; resolves when its reply is complete. */
   submit(command: number, offset: number, length: number, sink: Buffer | undefined, options: SubmitOptions = {}): Promise<void> {
+    if (this.#closing) return Promise.reject(closedError('NBD connection is closed'));
     if (this.#failure) return Promise.reject(this.#failure);
-    if (this.#closing) return Promise.reject(closedError('NBD connection is closing'));
     const cookie = this.#nextCookie++;
     return new Promise<void>((resolve, reject) => {
       const { signal } = options;
@@ -202,9 +201,19 @@ export class NbdConnection {
       };
       this.#inFlight.set(cookie, request);
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.#socket.write(encodeRequest(0, command, cookie, offset, length));
+      this.#send(encodeRequest(0, command, cookie, offset, length));
       if (signal?.aborted) onAbort();
     });
+  }
+
+  /** Requests issued in one tick leave in one write. */
+  #send(request: Buffer): void {
+    if (!this.#corked) {
+      this.#corked = true;
+      this.#socket.cork();
+      process.nextTick(() => { this.#corked = false; this.#socket.uncork(); });
+    }
+    this.#socket.write(request);
   }
 
   #onDone(cookie: number, error: VircptError | undefined): void {

@@ -5,16 +5,16 @@
 // "Structured reply types"), as libnbd's states-reply-structured.c does.
 
 import {
-  EPROTO, GREETING_SIZE, IHAVEOPT, NBDMAGIC, NBD_CMD_BLOCK_STATUS, NBD_CMD_READ,
+  GREETING_SIZE, IHAVEOPT, NBDMAGIC, NBD_CMD_BLOCK_STATUS, NBD_CMD_READ,
   NBD_MAX_EXTENTS_PER_CHUNK, NBD_MAX_STRING, NBD_OPT_GO, NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_TYPE_ERROR, NBD_REPLY_TYPE_ERROR_BIT, NBD_REPLY_TYPE_ERROR_OFFSET,
-  NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE, NBD_REP_ACK,
+  NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_TYPE_ERROR_BIT, NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE, NBD_REP_ACK,
   NBD_REP_MAGIC, NBD_SIMPLE_REPLY_MAGIC, NBD_STRUCTURED_REPLY_MAGIC, OPTION_REPLY_HEADER_SIZE,
   SIMPLE_REPLY_SIZE, STRUCTURED_REPLY_HEADER_SIZE,
 } from './constants.js';
+import { decodeErrorChunk, decodeExtents } from './chunks.js';
 import { readU64 } from './codec.js';
 import { protocolError, serverError } from './errors.js';
-import { addRange, coversExactly, describeRequest } from './ranges.js';
+import { ReplyProgress, describeRequest } from './progress.js';
 import type { VircptError } from '../errors.js';
 
 /** What the parser needs to know about a request in flight. */
@@ -54,9 +54,6 @@ const MAX_ERROR_CHUNK = 6 + NBD_MAX_STRING + 8 + 1024;
 const MAX_BLOCK_STATUS_CHUNK = 4 + 8 * NBD_MAX_EXTENTS_PER_CHUNK;
 const DATA_OFFSET_END = STRUCTURED_REPLY_HEADER_SIZE + 8;
 
-/** What the replies to one request have said so far. */
-interface Progress { ranges: number[]; contexts: Set<number>; error: VircptError | undefined }
-
 export class NbdParser {
   readonly #lookup: ParserOptions['lookup'];
   readonly #emit: ParserOptions['onEvent'];
@@ -66,7 +63,7 @@ export class NbdParser {
   #want = 0;
   #payload = Buffer.alloc(0);
   #contexts = new Set<number>();
-  readonly #progress = new Map<number, Progress>();
+  readonly #progress = new Map<number, ReplyProgress>();
   // The chunk being parsed.
   #cookie = 0;
   #flags = 0;
@@ -85,7 +82,6 @@ export class NbdParser {
     else this.#expectHeader('GREETING', GREETING_SIZE);
   }
 
-  get state(): string { return this.#state; }
   get dead(): boolean { return this.#state === 'DEAD'; }
 
   /** The negotiated context ids; BLOCK_STATUS chunks for any other id are a protocol error. */
@@ -266,16 +262,9 @@ export class NbdParser {
 
   /** Checks the chunk's range against its request and against earlier chunks. */
   #claim(offset: number, length: number, kind: string): boolean {
-    const t = this.#target!;
-    if (offset < t.offset || offset + length > t.offset + t.length) {
-      this.#die(`${kind} ${length}@${offset} outside ${describeRequest(t)}`);
-      return false;
-    }
-    if (!addRange(this.#progressOf(this.#cookie).ranges, offset, offset + length)) {
-      this.#die(`${kind} ${length}@${offset} overlaps an earlier chunk of ${describeRequest(t)}`);
-      return false;
-    }
-    return true;
+    const why = this.#progressOf(this.#cookie).claim(offset, length, kind);
+    if (why !== undefined) this.#die(why);
+    return why === undefined;
   }
 
   #onDataOffset(): void {
@@ -297,45 +286,27 @@ export class NbdParser {
   }
 
   #onBlockStatus(): void {
-    const p = this.#payload;
-    const contextId = p.readUInt32BE(0);
-    const progress = this.#progressOf(this.#cookie);
-    if (!this.#contexts.has(contextId)) return this.#die(`block status for unknown context id ${contextId}`);
-    if (progress.contexts.has(contextId)) return this.#die(`two block status chunks for context id ${contextId}`);
-    progress.contexts.add(contextId);
-    const extents = new Uint32Array((p.length - 4) / 4);
-    let sum = 0;
-    for (let i = 0; i < extents.length; i += 2) {
-      // proto.md: the first N-1 extents sum to less than the requested length; none is empty.
-      if (sum >= this.#target!.length) return this.#die('block status extents past the requested length');
-      extents[i] = p.readUInt32BE(4 + 4 * i);
-      extents[i + 1] = p.readUInt32BE(8 + 4 * i);
-      if (extents[i] === 0) return this.#die('block status extent of length 0');
-      sum += extents[i]!;
-    }
+    const contextId = this.#payload.readUInt32BE(0);
+    const why = this.#progressOf(this.#cookie).claimContext(contextId, this.#contexts);
+    if (why !== undefined) return this.#die(why);
+    const extents = decodeExtents(this.#payload, this.#target!.length);
+    if (typeof extents === 'string') return this.#die(extents);
     this.#emit({ type: 'blockStatus', cookie: this.#cookie, contextId, extents });
     this.#finishChunk();
   }
 
   #onErrorChunk(): void {
-    const p = this.#payload;
-    const msgLength = p.readUInt16BE(4);
-    if (msgLength > p.length - 6) return this.#die('error message longer than its chunk');
-    let what = describeRequest(this.#target!);
-    if (this.#type === NBD_REPLY_TYPE_ERROR_OFFSET && p.length === 6 + msgLength + 8) {
-      what += ` (error at offset ${readU64(p, 6 + msgLength)})`;
-    } else if (this.#type !== NBD_REPLY_TYPE_ERROR && this.#type !== NBD_REPLY_TYPE_ERROR_OFFSET) {
-      what += ` (unknown error chunk type 0x${this.#type.toString(16)})`;
-    }
-    const errno = p.readUInt32BE(0) || EPROTO; // proto.md: error MUST be nonzero
-    this.#progressOf(this.#cookie).error ??= serverError(errno, p.toString('utf8', 6, 6 + msgLength), what);
+    const chunk = decodeErrorChunk(this.#payload, this.#type);
+    if (typeof chunk === 'string') return this.#die(chunk);
+    const what = describeRequest(this.#target!) + chunk.detail;
+    this.#progressOf(this.#cookie).error ??= serverError(chunk.errno, chunk.message, what);
     this.#finishChunk();
   }
 
-  #progressOf(cookie: number): Progress {
+  #progressOf(cookie: number): ReplyProgress {
     let progress = this.#progress.get(cookie);
     if (progress === undefined) {
-      progress = { ranges: [], contexts: new Set(), error: undefined };
+      progress = new ReplyProgress(this.#target!);
       this.#progress.set(cookie, progress);
     }
     return progress;
@@ -347,20 +318,10 @@ export class NbdParser {
   }
 
   #finishReply(): void {
-    const cookie = this.#cookie;
-    const target = this.#target!;
-    const progress = this.#progressOf(cookie);
-    this.#progress.delete(cookie);
-    if (progress.error === undefined) {
-      // proto.md: with no error "the server MUST send enough data chunks to cover the entire
-      // region", and "exactly one status chunk per negotiated metadata context ID".
-      if (target.command === NBD_CMD_READ && !coversExactly(progress.ranges, target.offset, target.length)) {
-        return this.#die(`reply to ${describeRequest(target)} does not cover it`);
-      }
-      if (target.command === NBD_CMD_BLOCK_STATUS && progress.contexts.size !== this.#contexts.size) {
-        return this.#die(`reply to ${describeRequest(target)} lacks a meta context`);
-      }
-    }
-    this.#emit({ type: 'done', cookie, error: progress.error });
+    const progress = this.#progressOf(this.#cookie);
+    this.#progress.delete(this.#cookie);
+    const missing = progress.incomplete(this.#contexts);
+    if (missing !== undefined) return this.#die(missing);
+    this.#emit({ type: 'done', cookie: this.#cookie, error: progress.error });
   }
 }

@@ -67,6 +67,7 @@ export class NbdPool {
     setMaxListeners(0, group.signal); // one listener per piece
     const onAbort = () => group.abort(signal!.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) onAbort();
     try {
       const pieces: Promise<Buffer>[] = [];
       // Pieces end on multiples of the request size, so only the first and last may be unaligned.
