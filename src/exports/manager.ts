@@ -36,12 +36,17 @@ interface DomainSlot {
   /** Its result once started. */
   ready: ActiveExport | undefined;
   idle: NodeJS.Timeout | undefined;
+  /** Stops of this domain's earlier exports: a new start waits for them, since every export of
+   *  one domain and instance uses the same socket and folders (and the same job slot). */
+  stopping: Promise<void> | undefined;
 }
 
 export class ExportManager {
   readonly #o: ExportManagerOptions;
   readonly #slots = new Map<string, DomainSlot>();
   readonly #stopping = new Set<Promise<void>>();
+  /** Each export is stopped once: a second stop would find the next export's job on the same socket. */
+  readonly #stops = new WeakMap<ActiveExport, Promise<void>>();
   #closed: Promise<void> | undefined;
 
   constructor(opts: ExportManagerOptions) {
@@ -50,7 +55,7 @@ export class ExportManager {
 
   #slot(domain: string): DomainSlot {
     let s = this.#slots.get(domain);
-    if (!s) this.#slots.set(domain, (s = { current: undefined, ready: undefined, idle: undefined }));
+    if (!s) this.#slots.set(domain, (s = { current: undefined, ready: undefined, idle: undefined, stopping: undefined }));
     return s;
   }
 
@@ -92,7 +97,9 @@ export class ExportManager {
       release: () => {
         if (done) return;
         done = true;
-        if (--exp.refs === 0) this.#armIdle(domain, exp);
+        // An export already dropped from its slot (it died and a newer one took over) is being
+        // stopped: its last close must not touch the slot's idle timer.
+        if (--exp.refs === 0 && this.#slots.get(domain)?.ready === exp) this.#armIdle(domain, exp);
       },
     };
   }
@@ -103,7 +110,7 @@ export class ExportManager {
     slot.idle = setTimeout(() => {
       slot.idle = undefined;
       // Re-check: a file may have been opened meanwhile, or a newer export replaced this one.
-      if (exp.refs === 0) this.#forget(slot, exp);
+      if (exp.refs === 0 && slot.ready === exp) this.#forget(slot, exp);
     }, this.#o.idleMs);
     slot.idle.unref();
   }
@@ -114,12 +121,25 @@ export class ExportManager {
       slot.ready = undefined;
       slot.current = undefined;
     }
-    const p = this.#stop(exp).finally(() => this.#stopping.delete(p));
-    this.#stopping.add(p);
+    if (this.#stops.has(exp)) return;
+    const p = this.#stopOnce(exp);
+    const before = slot.stopping;
+    slot.stopping = before ? Promise.all([before, p]).then(() => {}) : p;
+  }
+
+  #stopOnce(exp: ActiveExport): Promise<void> {
+    let p = this.#stops.get(exp);
+    if (!p) {
+      const stop: Promise<void> = this.#stop(exp).finally(() => this.#stopping.delete(stop));
+      this.#stops.set(exp, (p = stop));
+      this.#stopping.add(stop);
+    }
+    return p;
   }
 
   async #start(domain: string, checkpointName: string): Promise<ActiveExport> {
     const { virsh, log } = this.#o;
+    await this.#slot(domain).stopping;
     const [dom, sizes, checkpoint] = await Promise.all([
       getDomain(virsh, domain), blockInfo(virsh, domain), getCheckpoint(virsh, domain, checkpointName),
     ]);
@@ -163,7 +183,7 @@ export class ExportManager {
       clearTimeout(slot.idle);
       const cur = slot.current;
       slot.current = slot.ready = undefined;
-      if (cur) all.push(cur.then((e) => this.#stop(e), () => undefined));
+      if (cur) all.push(cur.then((e) => this.#stopOnce(e), () => undefined));
     }
     await Promise.all(all);
   }

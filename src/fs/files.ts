@@ -6,6 +6,7 @@ import type { BlockCache, Reader } from '../cache/index.js';
 import { VircptError } from '../errors.js';
 import { renderDirtyMap } from '../exports/dirty-map.js';
 import type { ExportManager, Lease } from '../exports/manager.js';
+import type { NbdDisk } from '../exports/nbd-disk.js';
 import type { Logger } from '../log.js';
 import { checkpointDisks, type Catalog } from './catalog.js';
 import type { FuseOpenResult, FuseOperations, FuseStat } from './fuse-binding.js';
@@ -16,7 +17,7 @@ const FILE_MODE = C.S_IFREG | 0o444;
 const MAX_HANDLES = 0xffff_ffff;
 
 type Handle =
-  | { kind: 'disk'; lease: Lease; reader: Reader }
+  | { kind: 'disk'; lease: Lease; disk: NbdDisk; reader: Reader }
   | { kind: 'map'; lease: Lease; data: Buffer };
 
 export interface FilesOptions {
@@ -126,7 +127,7 @@ export class Files implements FuseOperations {
           throw new VircptError('BUSY', `${path}: the running export of ${node.domain} does not include disk ${node.target}`);
         }
         const disk = await exp.disk(node.target);
-        return { fh: this.#add({ kind: 'disk', lease, reader: this.#o.cache.reader(disk) }) };
+        return { fh: this.#add({ kind: 'disk', lease, disk, reader: this.#o.cache.reader(disk) }) };
       }
       const { checkpoint } = await this.#o.catalog.checkpoint(node.domain, node.checkpoint);
       const data = renderDirtyMap(await exp.dirtyMap(node.checkpoint, checkpointDisks(checkpoint)));
@@ -148,11 +149,15 @@ export class Files implements FuseOperations {
 
   async read(path: string, fh: number, buf: Buffer, length: number, position: number): Promise<number> {
     const h = this.#handles.get(fh);
-    if (!h) throw new VircptError('INVALID', `${path}: not open`);
+    // Only releaseAll (unmount) drops a handle the kernel still holds: its export is gone.
+    if (!h) throw new VircptError('NBD_CLOSED', `${path}: released (the filesystem is unmounting)`);
     if (h.kind === 'map') {
       if (position >= h.data.length) return 0;
       return h.data.copy(buf, 0, position, Math.min(h.data.length, position + length));
     }
+    // DESIGN.md: once the export went away (VM destroyed, job aborted) every read fails, also
+    // those the block cache could answer, until the file is opened again on a new export.
+    if (h.disk.dead) throw new VircptError('NBD_CLOSED', `${path}: the export of this file went away; open it again`);
     return h.reader.read(position, length, buf);
   }
 

@@ -1,5 +1,6 @@
 // Assembles the filesystem: libvirt reachable, leftovers of crashed instances cleaned, the tree,
 // the export manager and the block cache, mounted read-only through the FUSE binding.
+import { readdir } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockCache } from '../cache/index.js';
 import { VircptError, messageOf } from '../errors.js';
@@ -28,6 +29,10 @@ export interface RunningFs {
 export async function startFilesystem(o: FsOptions & { uri: string }, dirs: RuntimeDirs, log: Logger): Promise<RunningFs> {
   const { recovered } = await prepareMountpoint(o.mountpoint);
   if (recovered) log.warn(`${o.mountpoint} held a dead mount (its daemon was killed); detached it`);
+  // libfuse 2 refuses a non-empty mountpoint only after printing lines of its own: say it once, first.
+  if ((await readdir(o.mountpoint).catch(() => [])).length > 0) {
+    throw new VircptError('USAGE', `mountpoint ${o.mountpoint} is not empty`);
+  }
   const virsh = new Virsh({ uri: o.uri, log: log.child({ c: 'virsh' }) });
   await virsh.run(['uri'], { timeoutMs: 15_000 }).catch((err: unknown) => {
     throw new VircptError('LIBVIRT', `cannot reach libvirt at ${o.uri}: ${messageOf(err)}`, { cause: err });
