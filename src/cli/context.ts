@@ -45,6 +45,8 @@ export interface SelectedDomain {
 
 /** The domain, its disk sizes and the disks chosen by -i/-x; raw disks are excluded with a warning. */
 export async function selectDisks(ctx: Ctx): Promise<SelectedDomain> {
+  const sizes = blockInfo(ctx.virsh, ctx.domainName);
+  sizes.catch(() => undefined); // reported through getDomain's error when the domain is missing
   const domain = await getDomain(ctx.virsh, ctx.domainName).catch((err: unknown) => {
     if (err instanceof VircptError && err.code === 'DOMAIN_NOT_FOUND') {
       throw new VircptError('DOMAIN_NOT_FOUND', `domain ${ctx.domainName} not found (connection ${ctx.opts.uri})`, { cause: err });
@@ -65,7 +67,7 @@ export async function selectDisks(ctx: Ctx): Promise<SelectedDomain> {
     else ctx.log.warn(`domain ${domain.name}: disk ${d.target} is ${d.format}, not qcow2: it cannot carry a checkpoint, excluded`);
   }
   if (targets.length === 0) throw new VircptError('DISK_NOT_FOUND', `domain ${domain.name}: no qcow2 disk selected`);
-  return { domain, sizes: await blockInfo(ctx.virsh, domain.name), targets };
+  return { domain, sizes: await sizes, targets };
 }
 
 export function printJson(ctx: Pick<Deps, 'stdout'>, value: unknown): void {

@@ -20,9 +20,12 @@ export interface ExportUse {
 }
 
 export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: ExportUse) => Promise<T>): Promise<T> {
-  const sel = await selectDisks(ctx);
-  const checkpoint = await getCheckpoint(ctx.virsh, sel.domain.name, checkpointName);
-  const live = await findLiveExport(ctx.virsh, ctx.dirs, sel.domain.name);
+  // Independent libvirt look-ups, at once: each virsh call costs tens of milliseconds.
+  const [sel, checkpoint, live] = await Promise.all([
+    selectDisks(ctx),
+    getCheckpoint(ctx.virsh, ctx.domainName, checkpointName),
+    findLiveExport(ctx.virsh, ctx.dirs, ctx.domainName),
+  ]);
   let instance: Instance | undefined;
   let exp: ActiveExport;
   if (live) {

@@ -8,9 +8,9 @@ const MiB = 1024 * 1024;
 
 export interface CopyOptions {
   signal?: AbortSignal;
-  /** Bytes per read (default 8 MiB; clipped to the server's maximum). */
+  /** Bytes per read (default 1 MiB: fresh 8 MiB buffers cost a new process more in page faults than they save). */
   chunk?: number;
-  /** Reads in flight (default 8). */
+  /** Reads in flight (default 16). */
   inFlight?: number;
   /** Called with bytes handled so far (read or known zero). */
   onProgress?: (delta: number) => void;
@@ -40,7 +40,7 @@ export function dataChunks(size: number, zeros: readonly { offset: number; lengt
 }
 
 export async function copyDisk(disk: NbdDisk, outFile: string, opts: CopyOptions = {}): Promise<CopyResult> {
-  const chunk = Math.min(opts.chunk ?? 8 * MiB, disk.maxRequest > 0 ? disk.maxRequest : 32 * MiB);
+  const chunk = Math.min(opts.chunk ?? 1 * MiB, disk.maxRequest > 0 ? disk.maxRequest : 32 * MiB);
   const zeros = await disk.zeroExtents();
   const chunks = dataChunks(disk.size, zeros, chunk);
   const zeroBytes = disk.size - chunks.reduce((n, [, len]) => n + len, 0);
@@ -66,7 +66,7 @@ export async function copyDisk(disk: NbdDisk, outFile: string, opts: CopyOptions
         opts.onProgress?.(length);
       }
     };
-    await Promise.all(Array.from({ length: opts.inFlight ?? 8 }, worker));
+    await Promise.all(Array.from({ length: opts.inFlight ?? 16 }, worker));
     await fh.close();
     return result;
   } catch (err) {
