@@ -7,11 +7,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { virsh, type LabVm } from '../lab/lab.js';
 import { imageToRaw } from '../lab/images.js';
 import { leftoversOf } from '../lab/leftovers.js';
+export { DIRTY_GRAIN, dirtyRanges } from '../lab/dirty.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
-/** QEMU's dirty bitmaps for backup: 64 KiB per bit (LAB.md). */
-export const DIRTY_GRAIN = 64 * KiB;
 
 /** mount.ts mounts with attr_timeout=1: the kernel keeps a file's attributes that long. */
 export const ATTR_TIMEOUT_MS = 1100;
@@ -41,20 +40,6 @@ export async function rejectsWith(p: Promise<unknown>, code: string, what: strin
     assert.equal(err.code, code, `${what}: ${err.message}`);
     return true;
   }, `${what} should fail with ${code}`);
-}
-
-/** Byte ranges [offset, length] a set of writes makes dirty, widened to the grain and merged. */
-export function dirtyRanges(writes: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
-  const spans = writes
-    .map(([o, l]) => [Math.floor(o / DIRTY_GRAIN) * DIRTY_GRAIN, Math.ceil((o + l) / DIRTY_GRAIN) * DIRTY_GRAIN] as const)
-    .sort((a, b) => a[0] - b[0]);
-  const out: Array<[number, number]> = [];
-  for (const [s, e] of spans) {
-    const last = out[out.length - 1];
-    if (last && last[0] + last[1] >= s) last[1] = Math.max(last[0] + last[1], e) - last[0];
-    else out.push([s, e - s]);
-  }
-  return out;
 }
 
 /** Extents cover [0, size) in order, no gap, no overlap, neighbours of one type merged. */

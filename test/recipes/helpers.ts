@@ -13,12 +13,11 @@ import type { LabVm } from '../lab/lab.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { mountEntry } from '../lab/mount.js';
 import { run } from '../lab/tools.js';
+export { DIRTY_GRAIN, dirtyRanges } from '../lab/dirty.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
-/** QEMU's dirty bitmaps for backup jobs: one bit per 64 KiB (LAB.md). */
-export const DIRTY_GRAIN = 64 * KiB;
 
 const README = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
 
@@ -130,20 +129,6 @@ export async function assertNothingLeft(vm: LabVm, mnt: string, guest?: string):
   assert.deepEqual(await loopsUnder(mnt), [], `loop devices left on ${mnt}`);
   assert.deepEqual(await leftoversOf(vm.name), [], `exports left for ${vm.name}`);
   assert.equal(await vm.jobType(), 'None', `${vm.name} still has a backup job`);
-}
-
-/** Byte ranges [offset, length] that a set of writes makes dirty, widened to the grain, merged. */
-export function dirtyRanges(writes: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
-  const spans = writes
-    .map(([o, l]) => [Math.floor(o / DIRTY_GRAIN) * DIRTY_GRAIN, Math.ceil((o + l) / DIRTY_GRAIN) * DIRTY_GRAIN] as const)
-    .sort((a, b) => a[0] - b[0]);
-  const out: Array<[number, number]> = [];
-  for (const [s, e] of spans) {
-    const last = out[out.length - 1];
-    if (last && last[0] + last[1] >= s) last[1] = Math.max(last[0] + last[1], e) - last[0];
-    else out.push([s, e - s]);
-  }
-  return out;
 }
 
 /** First differing offset of two buffers (-1 when equal), for messages. */
