@@ -17,6 +17,8 @@ import { prepareMountpoint } from './mountpoint.js';
 import type { FsOptions } from './options.js';
 
 const UNMOUNT_GRACE_MS = 5000;
+/** The same error message is logged at most once in this interval. */
+const ERROR_LOG_INTERVAL_MS = 10_000;
 
 export interface RunningFs {
   readonly mountpoint: string;
@@ -49,13 +51,22 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
     catalog: new Catalog(virsh, { domains: o.domains }), manager, cache, log,
     uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, mountedAt: new Date(),
   });
+  // A reader looping on a dead export would otherwise write one line per failed read.
+  const lastLogged = new Map<string, number>();
+  const logOnce = (message: string) => {
+    const now = Date.now();
+    if (now - (lastLogged.get(message) ?? 0) < ERROR_LOG_INTERVAL_MS) return;
+    if (lastLogged.size > 1000) lastLogged.clear();
+    lastLogged.set(message, now);
+    log.error(message);
+  };
   let fuse: FuseMount;
   try {
     fuse = await mountFuse(o.mountpoint, files, {
       fsname: o.uri, subtype: 'vircptfs', readOnly: true, allowOther: o.allowOther,
       defaultPermissions: o.defaultPermissions, autoCache: true, attrTimeout: 1, entryTimeout: 1,
       toErrno: (err) => {
-        if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY'].includes(err.code)) log.error(messageOf(err));
+        if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY'].includes(err.code)) logOnce(messageOf(err));
         return toErrno(err);
       },
     });
