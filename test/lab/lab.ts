@@ -3,7 +3,7 @@
 // teardown that removes everything a test made, also when it fails. Names carry the test run's
 // pid and a random suffix, so parallel test files never collide.
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { makeEmptyImage, makeExt4Image } from './images.js';
@@ -19,6 +19,8 @@ export interface LabDisk {
   format?: 'qcow2' | 'raw';
   /** Files for a GPT + ext4 disk; empty disk when absent. */
   files?: Record<string, string | Buffer>;
+  /** A prebuilt image (of `format`, `size` bytes) copied into place instead of a new one. */
+  image?: string;
 }
 
 export interface LabVmOptions {
@@ -35,14 +37,14 @@ export class LabVm {
   constructor(
     readonly name: string,
     readonly dir: string,
-    readonly disks: Required<Omit<LabDisk, 'files'>>[],
+    readonly disks: Required<Omit<LabDisk, 'files' | 'image'>>[],
   ) {}
 
   image(target: string): string {
     return path.join(this.dir, `${target}.${this.disk(target).format}`);
   }
 
-  disk(target: string): Required<Omit<LabDisk, 'files'>> {
+  disk(target: string): Required<Omit<LabDisk, 'files' | 'image'>> {
     const d = this.disks.find((x) => x.target === target);
     if (!d) throw new Error(`lab VM ${this.name} has no disk ${target}`);
     return d;
@@ -100,7 +102,7 @@ export class LabVm {
   }
 }
 
-function domainXml(name: string, dir: string, disks: Required<Omit<LabDisk, 'files'>>[]): string {
+function domainXml(name: string, dir: string, disks: Required<Omit<LabDisk, 'files' | 'image'>>[]): string {
   const d = disks.map((k) => `    <disk type='file' device='disk'>
       <driver name='qemu' type='${k.format}'/>
       <source file='${path.join(dir, `${k.target}.${k.format}`)}'/>
@@ -139,8 +141,9 @@ export class Lab {
     const disks = opts.disks.map((d) => ({ bus: d.bus ?? 'virtio', format: d.format ?? 'qcow2', target: d.target, size: d.size }));
     for (const [i, d] of disks.entries()) {
       const file = path.join(dir, `${d.target}.${d.format}`);
-      const files = opts.disks[i]!.files;
-      if (files) await makeExt4Image(file, d.size, files);
+      const { files, image } = opts.disks[i]!;
+      if (image) await copyFile(image, file).then(() => chmod(file, 0o644));
+      else if (files) await makeExt4Image(file, d.size, files);
       else await makeEmptyImage(file, d.size, d.format);
     }
     const vm = new LabVm(name, dir, disks);

@@ -1,0 +1,83 @@
+// node dist/bench/copy.js: `vircpt copy` against `nbdcopy URI file` on one libvirt pull-mode
+// export of a lab VM (4 GiB disk, 1.5 GiB data), in the same run: MB/s (disk size / wall time),
+// the ratio ours/nbdcopy, CPU seconds per GiB of data, and each process's peak RSS. Both write a
+// sparse raw file on the same filesystem, removed after each run. Removes all it made.
+import { mkdtemp, rm, statfs } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { Lab } from '../test/lab/lab.js';
+import { VIRCPT } from '../test/lab/cli.js';
+import { requireTools } from '../test/lab/tools.js';
+import { nbdUri, type ExportRecord } from '../src/exports/export.js';
+import { DATA_SIZE, DISK_SIZE, buildImage } from './fs-image.js';
+
+const GiB = 1024 ** 3;
+const RUNS = Number(process.env.BENCH_RUNS ?? 5);
+/** Extra node flags for vircpt (e.g. --cpu-prof --cpu-prof-dir=DIR, to see where its time goes). */
+const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+
+interface Sample { seconds: number; cpu: number; rssMiB: number }
+
+/** Wall, user+sys and peak RSS of a whole command, from GNU time. */
+async function timed(cmd: string, args: string[]): Promise<Sample> {
+  const r = await execa('/usr/bin/time', ['-f', 'TIME %e %U %S %M', cmd, ...args], { reject: false });
+  if (r.exitCode !== 0) throw new Error(`${cmd} failed: ${r.stderr}`);
+  const m = /TIME (\S+) (\S+) (\S+) (\d+)/.exec(String(r.stderr));
+  if (!m) throw new Error(`no timing from ${cmd}: ${r.stderr}`);
+  return { seconds: Number(m[1]), cpu: Number(m[2]) + Number(m[3]), rssMiB: Number(m[4]) / 1024 };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function main(): Promise<void> {
+  await requireTools('nbdcopy', 'qemu-img', 'virsh');
+  const work = await mkdtemp('/var/tmp/vircptfs-bench-copy-');
+  const fsInfo = await statfs(work);
+  if (fsInfo.bavail * fsInfo.bsize < 8 * GiB) throw new Error(`${work}: needs about 8 GiB free`);
+  const lab = new Lab('benchcopy');
+  let vmName = '';
+  const stop = () => void cleanup().finally(() => process.exit(130));
+  process.once('SIGINT', stop);
+  async function cleanup(): Promise<void> {
+    if (vmName) await execa(process.execPath, [VIRCPT, '-d', vmName, 'release'], { reject: false });
+    await lab.cleanup();
+    await rm(work, { recursive: true, force: true });
+  }
+  try {
+    const image = path.join(work, 'disk.qcow2');
+    await buildImage(image);
+    const vm = await lab.vm({ disks: [{ target: 'vda', size: DISK_SIZE, image }] });
+    await rm(image);
+    vmName = vm.name;
+    await execa('virsh', ['-q', 'checkpoint-create-as', vm.name, 'c0']);
+    const ex = await execa(process.execPath, [VIRCPT, '-d', vm.name, 'export', '--name', 'c0', '--json']);
+    const rec = JSON.parse(ex.stdout) as ExportRecord;
+    const uri = nbdUri(rec.disks[0]!);
+    const rows: Record<string, Sample[]> = { ours: [], nbdcopy: [] };
+    for (let i = 0; i < RUNS; i++) {
+      const out = path.join(work, 'out');
+      rows.nbdcopy!.push(await timed('nbdcopy', [uri, `${out}.raw`]));
+      await rm(`${out}.raw`, { force: true });
+      // vircpt copy reads through the running export (and leaves it running).
+      rows.ours!.push(await timed(process.execPath, [...NODE_FLAGS, VIRCPT, '-d', vm.name, 'copy', '--name', 'c0', '--out', out]));
+      await rm(out, { recursive: true, force: true });
+    }
+    const mbs = (s: Sample) => DISK_SIZE / 1e6 / s.seconds;
+    console.log(`copy of a ${DISK_SIZE / GiB} GiB disk (${DATA_SIZE / GiB} GiB data) to a sparse file, ${RUNS} runs each`);
+    console.log(`${'reader'.padEnd(28)} ${'best MB/s'.padStart(10)} ${'median'.padStart(8)} ${'CPU s/GiB'.padStart(10)} ${'peak RSS MiB'.padStart(13)}`);
+    const med: Record<string, number> = {};
+    for (const [name, xs] of Object.entries(rows)) {
+      med[name] = median(xs.map(mbs));
+      const cpu = median(xs.map((s) => s.cpu)) / (DATA_SIZE / GiB);
+      console.log(`${(name === 'ours' ? 'vircpt copy' : 'nbdcopy URI file').padEnd(28)} ${Math.max(...xs.map(mbs)).toFixed(0).padStart(10)} ` +
+        `${med[name]!.toFixed(0).padStart(8)} ${cpu.toFixed(2).padStart(10)} ${Math.max(...xs.map((s) => s.rssMiB)).toFixed(0).padStart(13)}`);
+    }
+    const ratio = med.ours! / med.nbdcopy!;
+    console.log(`ratio vircpt copy / nbdcopy (median MB/s): ${ratio.toFixed(2)}  (target >= 1.0: ${ratio >= 1 ? 'met' : 'not met'})`);
+  } finally {
+    process.off('SIGINT', stop);
+    await cleanup();
+  }
+}
+
+await main();
