@@ -1,0 +1,254 @@
+// npm run bench: vircptfs against nbdfuse and QEMU's FUSE export, reading the same 4 GiB disk
+// (1.5 GiB data) with dd, cat, cp, 4 parallel dd and a warm re-read; vircptfs's peak RSS and
+// open-to-first-byte of a fresh export against `virsh backup-begin` alone. Everything it makes
+// (VMs, mounts, processes, files) is removed at the end, on failure and on SIGINT/SIGTERM.
+//
+// Environment: BENCH_RUNS (runs per test, default 3), BENCH_VIRCPTFS_OPTS (extra -o options,
+// e.g. cache=512M,readahead=4096), BENCH_CPU_PROFILE_DIR (a folder: vircptfs's CPU profile is
+// written there when it exits; see fs-cpu-profile.ts).
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, open, readFile, rm, statfs, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { DEFAULTS, parseSize } from '../src/fs/options.js';
+import { VIRCPTFS as VIRCPTFS_BIN } from '../test/lab/cli.js';
+import { Lab, virsh, type LabVm } from '../test/lab/lab.js';
+import { requireTools } from '../test/lab/tools.js';
+import { allocatedBytes, buildImage, DATA_SIZE, DISK_SIZE } from './fs-image.js';
+import { COLD_TESTS, dropCaches, firstByte, measure, statusKiB, type Sample, type TestName } from './fs-measure.js';
+import { report, type Results } from './fs-report.js';
+import { BackupJob, once, startNbdfuse, startQemuExport, startVircptfs, waitFor, type Subject } from './fs-subjects.js';
+
+const GiB = 1024 ** 3;
+const WORK_ROOT = '/var/tmp';
+/** Image, two VM copies, a cp output, scratch and slack (the issue says about 12 GiB). */
+const NEEDED_BYTES = 12 * GiB;
+const CHECKPOINT = 'bench';
+const IDLE_S = 30;
+const RELEASE_POLL_MS = 500;
+
+const runs = Number(process.env.BENCH_RUNS ?? 3);
+const extraOpts = (process.env.BENCH_VIRCPTFS_OPTS ?? '').split(',').filter(Boolean);
+/** Read by fs-cpu-profile.ts inside vircptfs (the child inherits the environment). */
+const PROFILE_DIR_ENV = 'BENCH_CPU_PROFILE_DIR';
+const profileDir = process.env[PROFILE_DIR_ENV];
+/** Node 20 refuses --cpu-prof in NODE_OPTIONS: a preloaded module profiles instead. */
+const nodeOptions = profileDir ? `--import ${fileURLToPath(new URL('./fs-cpu-profile.js', import.meta.url))}` : undefined;
+
+function note(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+/** Undo steps, run last-in first-out once, however many times run() is called. */
+class Cleanup {
+  readonly #steps: { what: string; fn: () => Promise<unknown> }[] = [];
+  #done: Promise<void> | undefined;
+
+  add(what: string, fn: () => Promise<unknown>): void {
+    this.#steps.push({ what, fn });
+  }
+
+  run(): Promise<void> {
+    return (this.#done ??= (async () => {
+      for (const { what, fn } of this.#steps.reverse()) {
+        await fn().catch((err: unknown) => note(`cleanup: ${what} failed: ${String(err)}`));
+      }
+    })());
+  }
+}
+
+async function preflight(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('the benchmark needs root (drop_caches, libvirt, FUSE)');
+  if (!existsSync(VIRCPTFS_BIN)) throw new Error(`${VIRCPTFS_BIN} is missing: run npm run build`);
+  await requireTools('virsh', 'qemu-img', 'qemu-storage-daemon', 'nbdfuse', 'fusermount3');
+  const fs = await statfs(WORK_ROOT);
+  const free = fs.bavail * fs.bsize;
+  if (free < NEEDED_BYTES) {
+    throw new Error(`the benchmark needs about ${NEEDED_BYTES / GiB} GiB free in ${WORK_ROOT}, ` +
+      `only ${(free / GiB).toFixed(1)} GiB are: free some space and retry`);
+  }
+  if (!Number.isInteger(runs) || runs < 1) throw new Error(`BENCH_RUNS=${process.env.BENCH_RUNS}: a whole number >= 1`);
+}
+
+async function loadAverage(): Promise<string> {
+  return (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
+}
+
+async function labVms(lab: Lab, image: string): Promise<[LabVm, LabVm]> {
+  const disk = { target: 'sda', bus: 'sata' as const, size: DISK_SIZE, image };
+  const a = await lab.vm({ disks: [disk] });
+  const b = await lab.vm({ disks: [disk] });
+  for (const vm of [a, b]) await virsh('checkpoint-create-as', vm.name, CHECKPOINT);
+  return [a, b];
+}
+
+type Samples = Map<string, Map<TestName, Sample[]>>;
+
+function record(samples: Samples, s: Subject, test: TestName, x: Sample): void {
+  const byTest = samples.get(s.name) ?? new Map<TestName, Sample[]>();
+  samples.set(s.name, byTest);
+  byTest.set(test, [...(byTest.get(test) ?? []), x]);
+  note(`${s.name} ${test}: ${x.seconds.toFixed(2)} s, server CPU ${x.cpu.toFixed(2)} s`);
+}
+
+/** Cold runs, subjects rotated from one round to the next so that none always goes first. */
+async function coldRuns(subjects: Subject[], samples: Samples, outDir: string): Promise<void> {
+  for (const test of COLD_TESTS) {
+    for (let i = 0; i < runs; i++) {
+      for (let k = 0; k < subjects.length; k++) {
+        const s = subjects[(i + k) % subjects.length]!;
+        record(samples, s, test, await measure(s, test, DISK_SIZE, outDir, true));
+      }
+    }
+  }
+}
+
+/** Per subject: one cold dd fills the caches, then `runs` re-reads that keep them. */
+async function warmRuns(subjects: Subject[], samples: Samples, outDir: string): Promise<void> {
+  for (const s of subjects) {
+    await measure(s, 'dd', DISK_SIZE, outDir, true);
+    for (let i = 0; i < runs; i++) record(samples, s, 'reread', await measure(s, 'reread', DISK_SIZE, outDir, false));
+  }
+}
+
+/** vircptfs's export released by its idle timer: libvirt shows no job on its domain. */
+async function waitReleased(vm: LabVm): Promise<void> {
+  await waitFor(`vircptfs to release the export of ${vm.name}`, (IDLE_S + 30) * 1000, async () => {
+    await sleep(RELEASE_POLL_MS);
+    return (await vm.jobType()) === 'None';
+  });
+}
+
+interface FirstByteRuns { totalMs: number[]; openMs: number[]; beginMs: number[] }
+
+/** Alternately: `virsh backup-begin` alone on the other VM, and a fresh vircptfs export's first byte. */
+async function firstByteRuns(file: string, vm: LabVm, job: BackupJob): Promise<FirstByteRuns> {
+  const out: FirstByteRuns = { totalMs: [], openMs: [], beginMs: [] };
+  for (let i = 0; i < runs; i++) {
+    await rm(job.socket, { force: true });
+    out.beginMs.push(await job.begin());
+    await job.end();
+    await waitReleased(vm);
+    await sleep(1000); // let vircptfs finish its own cleanup after the job ended
+    await dropCaches();
+    const fb = await firstByte(file);
+    out.totalMs.push(fb.totalMs);
+    out.openMs.push(fb.openMs);
+    note(`first byte: ${fb.totalMs.toFixed(0)} ms (open ${fb.openMs.toFixed(0)} ms); backup-begin alone ${out.beginMs.at(-1)!.toFixed(0)} ms`);
+  }
+  return out;
+}
+
+async function sameBytes(a: Subject, b: Subject): Promise<string> {
+  const r = await execa('cmp', [a.file, b.file], { reject: false });
+  return r.exitCode === 0 ? `${a.name} and ${b.name} files are identical (cmp)` : `DIFFERENT: ${r.stdout || r.stderr}`;
+}
+
+/** The image, checked to hold DATA_SIZE bytes of data in a work folder removed at the end. */
+async function prepareImage(cleanup: Cleanup): Promise<{ work: string; image: string; dataBytes: number }> {
+  const work = await mkdtemp(path.join(WORK_ROOT, 'vcptbench-fs-'));
+  cleanup.add('remove the work folder', () => rm(work, { recursive: true, force: true }));
+  await chmod(work, 0o755);
+  const image = path.join(work, 'disk.qcow2');
+  note('building the 4 GiB image (1.5 GiB data)');
+  await buildImage(image);
+  const dataBytes = await allocatedBytes(image);
+  if (dataBytes !== DATA_SIZE) throw new Error(`the image allocates ${dataBytes} bytes, not ${DATA_SIZE}`);
+  return { work, image, dataBytes };
+}
+
+interface Setup {
+  fs: Subject;
+  nbd: Subject;
+  qemu: Subject;
+  /** vircptfs's VM, and the other VM's backup job (nbdfuse's export). */
+  vm: LabVm;
+  job: BackupJob;
+  beginMs: number;
+}
+
+/** Two VMs from copies of the image: vircptfs on one, nbdfuse on the other; QEMU on the image. */
+async function startSubjects(cleanup: Cleanup, image: string, work: string, opts: string[]): Promise<Setup> {
+  const lab = new Lab('bench');
+  cleanup.add('remove the lab VMs', () => lab.cleanup());
+  note('defining two lab VMs from copies of the image');
+  const [vm, other] = await labVms(lab, image);
+  const fs = await startVircptfs(vm, CHECKPOINT, opts, nodeOptions);
+  cleanup.add('unmount vircptfs', () => fs.stop());
+  const job = await BackupJob.prepare(other, CHECKPOINT);
+  cleanup.add('end the backup job', () => job.remove());
+  const beginMs = await job.begin();
+  const nbd = await startNbdfuse(job);
+  cleanup.add('stop nbdfuse', () => nbd.stop());
+  const qemu = await startQemuExport(image, work);
+  cleanup.add('stop qemu-storage-daemon', () => qemu.stop());
+  return { fs, nbd, qemu, vm, job, beginMs };
+}
+
+async function bench(cleanup: Cleanup): Promise<Results> {
+  const loadStart = await loadAverage();
+  const { work, image, dataBytes } = await prepareImage(cleanup);
+  const opts = [`idle=${IDLE_S}`, ...extraOpts];
+  const cacheOpt = opts.findLast((o) => o.startsWith('cache='));
+  const cacheBytes = cacheOpt ? parseSize(cacheOpt.slice('cache='.length), 'cache') : DEFAULTS.cacheBytes;
+  const { fs, nbd, qemu, vm, job, beginMs } = await startSubjects(cleanup, image, work, opts);
+
+  // Held open through the throughput runs: the export stays up (its start is timed apart, in
+  // the first-byte runs) and keeps one point in time, so auto_cache keeps the page cache.
+  const keeper: FileHandle = await open(fs.file, 'r');
+  const closeKeeper = once(() => keeper.close());
+  cleanup.add('close the held file', closeKeeper);
+  await keeper.read(Buffer.alloc(4096), 0, 4096, 0);
+
+  const subjects = [fs, nbd, qemu];
+  const samples: Samples = new Map();
+  note(`cold runs: ${COLD_TESTS.join(', ')} x ${runs} x 3`);
+  await coldRuns(subjects, samples, work);
+  note('warm re-reads');
+  await warmRuns(subjects, samples, work);
+  const dataCheck = await sameBytes(fs, qemu);
+  const rssKiB = await statusKiB(fs.pid, 'VmHWM');
+
+  // Quiet for the first-byte runs: only vircptfs and the other VM's job remain.
+  await Promise.all([nbd.stop(), qemu.stop(), closeKeeper()]);
+  await job.end();
+  note(`first-byte runs (each waits ${IDLE_S} s for the idle release)`);
+  const fb = await firstByteRuns(fs.file, vm, job);
+  return {
+    size: DISK_SIZE, dataBytes, runs, samples, rssKiB, cacheBytes, dataCheck,
+    firstByteMs: fb.totalMs, firstOpenMs: fb.openMs, backupBeginMs: [beginMs, ...fb.beginMs],
+    load: { start: loadStart, end: await loadAverage() },
+  };
+}
+
+async function main(): Promise<number> {
+  const cleanup = new Cleanup();
+  // process.on, not once: execa's signal-exit re-raises a signal that no other listener handles,
+  // which would kill us in the middle of the cleanup.
+  let interrupted = false;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      if (interrupted) return;
+      interrupted = true;
+      note(`${sig}: cleaning up`);
+      void cleanup.run().finally(() => process.exit(130));
+    });
+  }
+  try {
+    await preflight();
+    const results = await bench(cleanup);
+    process.stdout.write(report(results));
+    return 0;
+  } catch (err) {
+    // After a signal, the runs fail as the cleanup pulls things away: not worth reporting.
+    if (!interrupted) process.stderr.write(`bench failed: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  } finally {
+    note('cleaning up');
+    await cleanup.run();
+  }
+}
+
+process.exitCode = await main();
