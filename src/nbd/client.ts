@@ -1,6 +1,7 @@
 // The NBD client: one connection in transmission, reads split to the server's limits and
 // pipelined under count and byte budgets, block status as an iterable of extents.
 
+import { setMaxListeners } from 'node:events';
 import { VircptError } from '../errors.js';
 import {
   NBD_CMD_BLOCK_STATUS, NBD_CMD_READ, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_READ_ONLY, NBD_MAX_REQUEST_LENGTH,
@@ -10,7 +11,6 @@ import { closedError } from './errors.js';
 import { walkExtents, type Extent } from './extents.js';
 import { negotiate, type BlockSize } from './handshake.js';
 import { Limiter } from './limiter.js';
-import { allPieces } from './pieces.js';
 
 export interface NbdClientOptions extends ConnectionOptions {
   exportName: string;
@@ -116,14 +116,24 @@ export class NbdClient {
     const step = this.requestSize;
     if (dest.length <= step) return this.#request(NBD_CMD_READ, offset, dest.length, dest, signal);
     // One failed piece fails the read: the others are withdrawn or abandoned.
-    await allPieces(signal, (group) => {
+    const group = new AbortController();
+    setMaxListeners(0, group.signal); // one listener per piece
+    const onAbort = () => group.abort(signal!.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) onAbort();
+    try {
       const pieces: Promise<void>[] = [];
       for (let at = 0; at < dest.length; at += step) {
         const n = Math.min(step, dest.length - at);
-        pieces.push(this.#request(NBD_CMD_READ, offset + at, n, dest.subarray(at, at + n), group));
+        pieces.push(this.#request(NBD_CMD_READ, offset + at, n, dest.subarray(at, at + n), group.signal));
       }
-      return pieces;
-    });
+      await Promise.all(pieces);
+    } catch (err) {
+      group.abort(err);
+      throw err;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   async #request(command: number, offset: number, length: number, sink: Buffer | undefined,
