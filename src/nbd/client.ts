@@ -1,7 +1,6 @@
 // The NBD client: one connection in transmission, reads split to the server's limits and
 // pipelined under count and byte budgets, block status as an iterable of extents.
 
-import { setMaxListeners } from 'node:events';
 import { VircptError } from '../errors.js';
 import {
   NBD_CMD_BLOCK_STATUS, NBD_CMD_READ, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_READ_ONLY, NBD_MAX_REQUEST_LENGTH,
@@ -11,6 +10,7 @@ import { closedError } from './errors.js';
 import { walkExtents, type Extent } from './extents.js';
 import { negotiate, type BlockSize } from './handshake.js';
 import { Limiter } from './limiter.js';
+import { allPieces } from './pieces.js';
 
 export interface NbdClientOptions extends ConnectionOptions {
   exportName: string;
@@ -116,24 +116,14 @@ export class NbdClient {
     const step = this.requestSize;
     if (dest.length <= step) return this.#request(NBD_CMD_READ, offset, dest.length, dest, signal);
     // One failed piece fails the read: the others are withdrawn or abandoned.
-    const group = new AbortController();
-    setMaxListeners(0, group.signal); // one listener per piece
-    const onAbort = () => group.abort(signal!.reason);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    if (signal?.aborted) onAbort();
-    try {
+    await allPieces(signal, (group) => {
       const pieces: Promise<void>[] = [];
       for (let at = 0; at < dest.length; at += step) {
         const n = Math.min(step, dest.length - at);
-        pieces.push(this.#request(NBD_CMD_READ, offset + at, n, dest.subarray(at, at + n), group.signal));
+        pieces.push(this.#request(NBD_CMD_READ, offset + at, n, dest.subarray(at, at + n), group));
       }
-      await Promise.all(pieces);
-    } catch (err) {
-      group.abort(err);
-      throw err;
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-    }
+      return pieces;
+    });
   }
 
   async #request(command: number, offset: number, length: number, sink: Buffer | undefined,

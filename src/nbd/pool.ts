@@ -2,12 +2,12 @@
 // (proto.md: otherwise clients "SHOULD NOT multiplex their commands over more than one
 // connection"). Same API as NbdClient; each piece of work goes to the least loaded connection.
 
-import { setMaxListeners } from 'node:events';
 import { VircptError } from '../errors.js';
 import { NbdClient, checkRange, invalid, type NbdClientOptions } from './client.js';
 import { closedError } from './errors.js';
 import type { Extent } from './extents.js';
 import type { BlockSize } from './handshake.js';
+import { allPieces } from './pieces.js';
 
 export interface NbdPoolOptions extends NbdClientOptions {
   /** Connections wanted (default 1); more than one only with CAN_MULTI_CONN. */
@@ -63,27 +63,17 @@ export class NbdPool {
     const step = this.requestSize;
     if (this.clients.length === 1 || length <= step) return this.#leastLoaded().read(offset, length, into, signal);
     const dest = into === undefined ? Buffer.allocUnsafe(length) : into.subarray(0, length);
-    const group = new AbortController();
-    setMaxListeners(0, group.signal); // one listener per piece
-    const onAbort = () => group.abort(signal!.reason);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    if (signal?.aborted) onAbort();
-    try {
+    await allPieces(signal, (group) => {
       const pieces: Promise<Buffer>[] = [];
       // Pieces end on multiples of the request size, so only the first and last may be unaligned.
       for (let at = offset; at < offset + length;) {
         const next = Math.min(at - (at % step) + step, offset + length);
-        pieces.push(this.#leastLoaded().read(at, next - at, dest.subarray(at - offset, next - offset), group.signal));
+        pieces.push(this.#leastLoaded().read(at, next - at, dest.subarray(at - offset, next - offset), group));
         at = next;
       }
-      await Promise.all(pieces);
-      return dest;
-    } catch (err) {
-      group.abort(err);
-      throw err;
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-    }
+      return pieces;
+    });
+    return dest;
   }
 
   async *blockStatus(context: string, offset: number, length: number, signal?: AbortSignal): AsyncGenerator<Extent> {
