@@ -36,6 +36,8 @@ export class Files implements FuseOperations {
   readonly #handles = new Map<number, Handle>();
   /** Size of each dirty map last generated, per path and export, so stat shows it while it holds. */
   readonly #mapSizes = new Map<string, { startedAt: number; size: number }>();
+  /** Per disk file: the export (source id) its pages in the kernel's cache were read from. */
+  readonly #pagesFrom = new Map<string, string>();
   #nextFh = 1;
 
   constructor(opts: FilesOptions) {
@@ -127,7 +129,12 @@ export class Files implements FuseOperations {
           throw new VircptError('BUSY', `${path}: the running export of ${node.domain} does not include disk ${node.target}`);
         }
         const disk = await exp.disk(node.target);
-        return { fh: this.#add({ kind: 'disk', lease, disk, reader: this.#o.cache.reader(disk) }) };
+        // The kernel may keep this file's cached pages only if they come from this same export:
+        // decided here, per open, rather than by libfuse's auto_cache, whose mtime check is
+        // skipped for attr_timeout after the last getattr and then keeps an older export's pages.
+        const keepCache = this.#pagesFrom.get(path) === disk.id;
+        this.#pagesFrom.set(path, disk.id);
+        return { fh: this.#add({ kind: 'disk', lease, disk, reader: this.#o.cache.reader(disk) }), keepCache };
       }
       const { checkpoint } = await this.#o.catalog.checkpoint(node.domain, node.checkpoint);
       const data = renderDirtyMap(await exp.dirtyMap(node.checkpoint, checkpointDisks(checkpoint)));

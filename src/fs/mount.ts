@@ -64,7 +64,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   try {
     fuse = await mountFuse(o.mountpoint, files, {
       fsname: o.uri, subtype: 'vircptfs', readOnly: true, allowOther: o.allowOther,
-      defaultPermissions: o.defaultPermissions, autoCache: true, attrTimeout: 1, entryTimeout: 1,
+      defaultPermissions: o.defaultPermissions, attrTimeout: 1, entryTimeout: 1,
       toErrno: (err) => {
         if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY'].includes(err.code)) logOnce(messageOf(err));
         return toErrno(err);
