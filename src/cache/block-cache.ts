@@ -1,10 +1,12 @@
 // The block cache between FUSE reads and the NBD client (DESIGN.md): aligned blocks in an LRU
-// bounded in bytes, shared in-flight fetches, batched source reads, zero extents served
-// without a read, and per-open-file Readers that read ahead on sequential access.
+// bounded in bytes, shared in-flight fetches, evicted blocks' buffers recycled for new fetches
+// (buffer-pool.ts), zero extents served without a read, and per-open-file Readers that read
+// ahead on sequential access.
 import { LRUCache } from 'lru-cache';
 import { VircptError } from '../errors.js';
 import { raceAbort, throwIfAborted } from './abort.js';
-import { Batch } from './batch.js';
+import { BufferPool } from './buffer-pool.js';
+import { fetchBlock, type FetchOptions } from './fetch.js';
 import { Reader, readerConfig } from './reader.js';
 import type { Block, BlockCacheOptions, BlockSource, CacheStats, ReadaheadOptions } from './types.js';
 import { ZeroMap } from './zero-map.js';
@@ -12,7 +14,7 @@ import { ZeroMap } from './zero-map.js';
 const MiB = 1024 * 1024;
 export const DEFAULT_MAX_BYTES = 256 * MiB;
 export const DEFAULT_BLOCK_SIZE = MiB;
-export const DEFAULT_MAX_BATCH = 32 * MiB;
+export const DEFAULT_MAX_POOL = 32 * MiB;
 
 /** What the cache knows of a source id. Reads use the BlockSource they are given. */
 interface SourceState {
@@ -24,7 +26,7 @@ interface SourceState {
 /** What lru-cache hands back to fetchMethod for one block fetch. */
 interface FetchContext {
   readonly state: SourceState;
-  readonly batch: Batch;
+  readonly fetch: FetchOptions;
   readonly index: number;
 }
 
@@ -52,13 +54,14 @@ function newStats(): CacheStats {
   return {
     hits: 0, misses: 0, joins: 0, prefetchHits: 0, prefetchBlocks: 0, prefetchErrors: 0,
     sourceReads: 0, bytesFetched: 0, zeroBytes: 0, zeroMapErrors: 0,
+    buffersAllocated: 0, buffersReused: 0, pooledBytes: 0,
   };
 }
 
 export class BlockCache {
   readonly blockSize: number;
   readonly maxBytes: number;
-  readonly #maxBatch: number;
+  readonly #pool: BufferPool;
   readonly #readahead: ReadaheadOptions;
   readonly #lru: LRUCache<string, Block, FetchContext>;
   readonly #sources = new Map<string, SourceState>();
@@ -72,7 +75,9 @@ export class BlockCache {
     if (this.maxBytes < 2 * this.blockSize) {
       throw new VircptError('INVALID', `block cache: maxBytes ${this.maxBytes} holds fewer than two blocks`);
     }
-    this.#maxBatch = positiveInteger('maxBatch', opts.maxBatch ?? DEFAULT_MAX_BATCH);
+    const poolBytes = opts.poolBytes ?? Math.floor(Math.min(DEFAULT_MAX_POOL, this.maxBytes / 4));
+    if (poolBytes !== 0) positiveInteger('poolBytes', poolBytes);
+    this.#pool = new BufferPool(this.blockSize, poolBytes);
     this.#readahead = opts.readahead ?? {};
     this.#lru = new LRUCache<string, Block, FetchContext>({
       maxSize: this.maxBytes,
@@ -86,12 +91,16 @@ export class BlockCache {
       // stale value it would settle the one promise all those readers share with `undefined`.
       ignoreFetchAbort: true,
       allowStaleOnFetchAbort: false,
+      // Evicted, deleted or cleared: only stored blocks get here, never a fetch that failed
+      // or was not stored. The pool quarantines the buffer (buffer-pool.ts says why).
+      dispose: (block) => this.#pool.give(block.data),
     });
   }
 
   /** A snapshot of the counters. */
   get stats(): CacheStats {
-    return { ...this.#stats };
+    const pool = this.#pool;
+    return { ...this.#stats, buffersAllocated: pool.allocated, buffersReused: pool.reused, pooledBytes: pool.bytes };
   }
 
   /** Bytes of block data held now (never more than maxBytes). */
@@ -117,8 +126,17 @@ export class BlockCache {
     const zeros = known instanceof ZeroMap ? known : await raceAbort(known, signal);
     // #state again: a new one if the source was invalidated while the zero map loaded.
     const pieces = this.#lookup(source, this.#state(source), offset, end, zeros);
-    const blocks = await raceAbort(Promise.all(pieces.map((p) => p.block)), signal);
-    pieces.forEach((piece, i) => this.#copy(piece, blocks[i], into, piece.start - offset));
+    // Each piece is copied as soon as its block is there, in a reaction to that block alone:
+    // waiting for all of them first would leave an early block, perhaps evicted and recycled
+    // meanwhile, to be read later (buffer-pool.ts). Nothing is copied once this read settled
+    // (aborted, failed): the caller may have reused `into` by then.
+    const copy = { live: true };
+    const copies = pieces.map((piece) => this.#copyWhenReady(piece, into, piece.start - offset, copy));
+    try {
+      await raceAbort(Promise.all(copies), signal);
+    } finally {
+      copy.live = false;
+    }
     return end - offset;
   }
 
@@ -131,7 +149,7 @@ export class BlockCache {
     const state = this.#state(source);
     const zeros = await state.zeros;
     if (this.#sources.get(source.id) !== state) return; // invalidated meanwhile
-    const batch = this.#newBatch(source, true);
+    const fetch = this.#fetchOptions(source, true);
     const pending: Promise<void>[] = [];
     const stop = Math.min(end, source.size);
     for (let index = Math.floor(offset / this.blockSize); index * this.blockSize < stop; index++) {
@@ -139,14 +157,17 @@ export class BlockCache {
       if (zeros.covers(start, Math.min(source.size, start + this.blockSize))) continue;
       if (this.#lru.has(blockKey(source.id, index))) continue;
       if (this.#prefetchBytes + this.blockSize > this.maxBytes / 2) break;
-      const { block, how } = this.#fetch(source.id, state, index, batch);
+      const { block, how } = this.#fetch(source.id, state, index, fetch);
       pending.push(how === 'miss' ? this.#trackPrefetch(block) : block.then(() => {}, () => {}));
     }
-    batch.start();
     await Promise.all(pending);
   }
 
-  /** Forgets every block and the zero map of a source id (its export was released). */
+  /**
+   * Forgets every block and the zero map of a source id (its export was released). The
+   * blocks' buffers may be recycled (bounded by the pool): readers still copying from them
+   * finish first, as for an eviction.
+   */
   invalidate(sourceId: string): void {
     const state = this.#sources.get(sourceId);
     this.#sources.delete(sourceId);
@@ -161,10 +182,11 @@ export class BlockCache {
     this.invalidate(source.id);
   }
 
-  /** Forgets every block of every source. */
+  /** Forgets every block of every source, and lets go of the buffers kept for reuse. */
   clear(): void {
     for (const id of [...this.#sources.keys()]) this.invalidate(id);
     this.#lru.clear();
+    this.#pool.drain();
   }
 
   /** Validates a read and returns its end, clipped at the source's size (`offset` if empty). */
@@ -204,9 +226,9 @@ export class BlockCache {
     return state;
   }
 
-  /** Splits [offset, end) at block boundaries and starts the fetches it needs, batched. */
+  /** Splits [offset, end) at block boundaries and starts the fetches it needs, in order. */
   #lookup(source: BlockSource, state: SourceState, offset: number, end: number, zeros: ZeroMap): Piece[] {
-    const batch = this.#newBatch(source, false);
+    const fetch = this.#fetchOptions(source, false);
     const pieces: Piece[] = [];
     for (let pos = offset; pos < end; ) {
       const index = Math.floor(pos / this.blockSize);
@@ -214,30 +236,29 @@ export class BlockCache {
       // A piece inside a zero extent needs no block, even if the rest of its block has data.
       let block: Promise<Block> | undefined;
       if (!zeros.covers(pos, pieceEnd)) {
-        const found = this.#fetch(source.id, state, index, batch);
+        const found = this.#fetch(source.id, state, index, fetch);
         this.#count(found.how);
         block = found.block;
       }
       pieces.push({ start: pos, end: pieceEnd, block });
       pos = pieceEnd;
     }
-    batch.start();
     return pieces;
   }
 
-  #fetch(id: string, state: SourceState, index: number, batch: Batch): { block: Promise<Block>; how: Lookup } {
+  #fetch(id: string, state: SourceState, index: number, fetch: FetchOptions): { block: Promise<Block>; how: Lookup } {
     const status: LRUCache.Status<string, Block, FetchContext> = {};
     const key = blockKey(id, index);
-    const block = this.#lru.fetch(key, { context: { state, batch, index }, status }).then((b) => {
+    const block = this.#lru.fetch(key, { context: { state, fetch, index }, status }).then((b) => {
       if (!b) throw new VircptError('IO', `block ${key}: fetch ended without data`);
       return b;
     });
     return { block, how: status.fetch === 'hit' || status.fetch === 'inflight' ? status.fetch : 'miss' };
   }
 
-  /** lru-cache's fetchMethod: hand the block to the batch of the read that missed it. */
-  #startFetch({ state, batch, index }: FetchContext): Promise<Block> {
-    const block = batch.add(index);
+  /** lru-cache's fetchMethod (called synchronously by fetch()): starts the source read. */
+  #startFetch({ state, fetch, index }: FetchContext): Promise<Block> {
+    const block = fetchBlock(fetch, index);
     state.inflight.set(index, block);
     const forget = (): void => {
       if (state.inflight.get(index) === block) state.inflight.delete(index);
@@ -246,10 +267,9 @@ export class BlockCache {
     return block;
   }
 
-  #newBatch(source: BlockSource, prefetch: boolean): Batch {
-    const maxRequest = Math.max(1, Math.floor(source.maxRequest ?? this.#maxBatch));
-    const maxBlocks = Math.max(1, Math.floor(Math.min(this.#maxBatch, maxRequest) / this.blockSize));
-    return new Batch({ source, blockSize: this.blockSize, maxBlocks, maxRequest, prefetch, stats: this.#stats });
+  #fetchOptions(source: BlockSource, prefetch: boolean): FetchOptions {
+    const maxRequest = Math.max(1, Math.floor(source.maxRequest ?? this.blockSize));
+    return { source, blockSize: this.blockSize, maxRequest, prefetch, stats: this.#stats, pool: this.#pool };
   }
 
   #trackPrefetch(block: Promise<Block>): Promise<void> {
@@ -270,13 +290,20 @@ export class BlockCache {
     else this.#stats.misses++;
   }
 
-  #copy(piece: Piece, block: Block | undefined, into: Buffer, at: number): void {
-    const length = piece.end - piece.start;
-    if (!block) {
+  /** Copies the piece into `into` at `at` once its block resolves, if the read is still live. */
+  #copyWhenReady(piece: Piece, into: Buffer, at: number, copy: { live: boolean }): Promise<void> | undefined {
+    if (!piece.block) {
+      const length = piece.end - piece.start;
       into.fill(0, at, at + length);
       this.#stats.zeroBytes += length;
-      return;
+      return undefined;
     }
+    return piece.block.then((block) => {
+      if (copy.live) this.#copy(piece, block, into, at);
+    });
+  }
+
+  #copy(piece: Piece, block: Block, into: Buffer, at: number): void {
     if (block.prefetched) {
       block.prefetched = false;
       this.#stats.prefetchHits++;

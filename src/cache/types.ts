@@ -49,6 +49,11 @@ export interface CacheStats {
   zeroBytes: number;
   /** zeroExtents() calls that failed (that source is then read without a zero map). */
   zeroMapErrors: number;
+  /** Block buffers allocated, and taken from the buffers of evicted blocks instead. */
+  buffersAllocated: number;
+  buffersReused: number;
+  /** Bytes of evicted blocks' buffers held for reuse now (not part of the cache's size). */
+  pooledBytes: number;
 }
 
 export interface ReadaheadOptions {
@@ -68,7 +73,10 @@ export interface BlockCacheOptions {
   maxBytes?: number;
   /** Block size in bytes; blocks are aligned to it (default 1 MiB). */
   blockSize?: number;
-  /** Largest batch of contiguous missing blocks read at once (default 32 MiB). */
-  maxBatch?: number;
+  /**
+   * Bytes of evicted blocks' buffers kept for new fetches (default: a quarter of maxBytes, at
+   * most 32 MiB; 0: every fetch allocates). Memory on top of maxBytes.
+   */
+  poolBytes?: number;
   readahead?: ReadaheadOptions;
 }

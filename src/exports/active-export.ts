@@ -80,10 +80,15 @@ export class ActiveExport {
   /** False once its servers went away (a dead NBD connection, the job or qemu-nbd gone). */
   async alive(): Promise<boolean> {
     if (this.#gone) return false;
+    let connected = false;
     for (const p of this.#disks.values()) {
       const d = await p.catch(() => undefined);
       if (d?.dead) return !(this.#gone = true);
+      connected ||= d !== undefined;
     }
+    // Live NBD connections are proof enough (a dead server closes them); ask libvirt only when
+    // no disk is connected yet.
+    if (connected) return true;
     if (Date.now() - this.#checkedAt > LIVENESS_CHECK_MS) {
       this.#checkedAt = Date.now();
       if (!(await exportServing(this.#virsh, this.rec))) this.#gone = true;

@@ -76,7 +76,12 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
   });
   try {
     const begin = () => beginBackup(virsh, domain.name, xml);
-    await (o.freeze === false ? begin() : withFrozenGuest(virsh, domain.name, o.log, begin));
+    if (o.freeze === false) await begin();
+    else if (!domain.agentChannel || domain.state === 'paused') {
+      // No agent to ask (no channel, or a paused guest cannot answer): skip the ping's round trip.
+      o.log.warn({ domain: domain.name }, `domain ${domain.name}: no guest agent to freeze filesystems (crash-consistent)`);
+      await begin();
+    } else await withFrozenGuest(virsh, domain.name, o.log, begin);
   } catch (err) {
     await instance.cleanup(domain.name, o.scratchRoot);
     if (err instanceof VircptError) {

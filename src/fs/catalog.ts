@@ -31,10 +31,14 @@ export class Catalog {
     this.#virsh = virsh;
     this.#only = new Set(opts.domains ?? []);
     const ttl = opts.ttlMs ?? 2000;
+    // Stale entries are served while a refresh runs in the background: a lookup never waits on
+    // virsh once the domain has been seen (a reader at EOF asks for attributes again and again).
+    const stale = { allowStale: true, noDeleteOnStaleGet: true, allowStaleOnFetchRejection: true } as const;
     this.#domainList = new LRUCache<string, string[]>({
-      max: 1, ttl, fetchMethod: async () => (await listDomains(virsh)).map((d) => d.name).filter((n) => this.#allowed(n)),
+      max: 1, ttl, ...stale,
+      fetchMethod: async () => (await listDomains(virsh)).map((d) => d.name).filter((n) => this.#allowed(n)),
     });
-    this.#entries = new LRUCache<string, DomainEntry>({ max: 1024, ttl, fetchMethod: (name) => this.#load(name) });
+    this.#entries = new LRUCache<string, DomainEntry>({ max: 1024, ttl, ...stale, fetchMethod: (name) => this.#load(name) });
   }
 
   #allowed(name: string): boolean {

@@ -29,7 +29,11 @@ export interface DomainDetails extends Domain {
   disks: Disk[];
   /** The uid:gid QEMU runs as (a running domain's DAC label). */
   qemuUser: { uid: number; gid: number } | undefined;
+  /** The domain has a QEMU guest-agent channel (fsfreeze is worth asking for). */
+  agentChannel: boolean;
 }
+
+const AGENT_CHANNEL = 'org.qemu.guest_agent.0';
 
 export interface BlockInfo {
   capacity: number;
@@ -74,6 +78,7 @@ export function parseDomainXml(xml: string, state: string): DomainDetails {
     state,
     disks,
     qemuUser: dacLabel(dom),
+    agentChannel: children(child(dom, 'devices'), 'channel').some((c) => attr(child(c, 'target'), 'name') === AGENT_CHANNEL),
   };
 }
 

@@ -126,23 +126,27 @@ test('a failing source read reaches every waiting reader and is not cached', asy
   assert.deepEqual(await readAt(cache, faulty, 0, 100), expected(file, 0, 100));
   assert.equal(faulty.started, 2, 'one failed read, one retry');
 
-  // A batch of three blocks fails as a whole; none of its blocks is kept.
+  // A read of three blocks fails when one fails; the failed block is not kept, the others are.
   faulty.failNext(new Error('connection reset'));
   await assert.rejects(readAt(cache, faulty, MiB, 3 * MiB), /connection reset/);
-  assert.equal(cache.calculatedSize, MiB);
+  await until(() => faulty.pending === 0);
+  assert.equal(cache.calculatedSize, 3 * MiB);
   assert.deepEqual(await readAt(cache, faulty, MiB - 10, 3 * MiB), expected(file, MiB - 10, 3 * MiB));
-  assert.equal(faulty.started, 4);
+  assert.equal(faulty.started, 6, 'only the failed block was read again');
 });
 
-test('contiguous misses are one source read, split at maxBatch and at the source maxRequest', async (t) => {
-  const { file, src, cache } = await setup(t, 20 * MiB + 3, { cache: { maxBatch: 8 * MiB } });
-  assert.deepEqual(await readAt(cache, src, 0, 6 * MiB), expected(file, 0, 6 * MiB));
-  assert.deepEqual(src.log, [{ offset: 0, length: 6 * MiB }]);
-  // 4 cached blocks in the middle split the misses into two runs.
-  await readAt(cache, src, 8 * MiB, 4 * MiB);
+test('each missing block is its own source read, all in flight, split at the source maxRequest', async (t) => {
+  const { file, src, cache } = await setup(t, 6 * MiB + 3);
+  const held = new FaultySource(src);
+  held.hold();
+  const read = readAt(cache, held, 0, 4 * MiB);
+  await until(() => held.started === 4); // all four in flight before any returned
+  held.release();
+  assert.deepEqual(await read, expected(file, 0, 4 * MiB));
+  // Block 3 is cached; 4, 5 and the short last one (3 bytes) are read.
   src.log.length = 0;
-  assert.deepEqual(await readAt(cache, src, 6 * MiB, 14 * MiB + 3), expected(file, 6 * MiB, 14 * MiB + 3));
-  assert.deepEqual(src.log, [{ offset: 6 * MiB, length: 2 * MiB }, { offset: 12 * MiB, length: 8 * MiB }, { offset: 20 * MiB, length: 3 }]);
+  assert.deepEqual(await readAt(cache, src, 3 * MiB, 3 * MiB + 3), expected(file, 3 * MiB, 3 * MiB + 3));
+  assert.deepEqual(src.log, [{ offset: 4 * MiB, length: MiB }, { offset: 5 * MiB, length: MiB }, { offset: 6 * MiB, length: 3 }]);
 
   const small = await setup(t, 3 * MiB, { source: { maxRequest: 192 * KiB } });
   assert.deepEqual(await readAt(small.cache, small.src, 100, 2 * MiB), expected(small.file, 100, 2 * MiB));
@@ -174,12 +178,12 @@ test('invalidate drops the blocks, in flight ones included; the next read refetc
   const { file, src, cache } = await setup(t, 4 * MiB);
   await readAt(cache, src, 0, 2 * MiB);
   await readAt(cache, src, 0, 2 * MiB);
-  assert.equal(src.reads, 1);
+  assert.equal(src.reads, 2, 'one read per block, the second time none');
   assert.equal(cache.calculatedSize, 2 * MiB);
   cache.invalidate(src.id);
   assert.equal(cache.calculatedSize, 0);
   assert.deepEqual(await readAt(cache, src, 0, 2 * MiB), expected(file, 0, 2 * MiB));
-  assert.equal(src.reads, 2);
+  assert.equal(src.reads, 4);
 
   const slow = new FaultySource(src);
   slow.hold();

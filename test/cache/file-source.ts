@@ -76,6 +76,10 @@ export class FaultySource implements BlockSource {
   readonly maxRequest: number | undefined;
   readonly zeroExtents: (() => Promise<Extent[]>) | undefined;
   delayMs = 0;
+  /** When set, each read's delay in ms (instead of delayMs). */
+  delayFor: (() => number) | undefined;
+  /** The buffer every read was given, in order. */
+  readonly intos: Buffer[] = [];
   /** Reads that entered read() (held ones included) and that are not yet settled. */
   started = 0;
   pending = 0;
@@ -112,15 +116,46 @@ export class FaultySource implements BlockSource {
   async read(offset: number, length: number, into: Buffer): Promise<void> {
     this.started++;
     this.pending++;
+    this.intos.push(into);
     try {
       if (this.#gate && this.holdIf(offset, length)) await this.#gate.promise;
-      if (this.delayMs > 0) await sleep(this.delayMs);
+      const delay = this.delayFor?.() ?? this.delayMs;
+      if (delay > 0) await sleep(delay);
       const failure = this.#failures.shift();
       if (failure) throw failure;
       await this.#inner.read(offset, length, into);
     } finally {
       this.pending--;
     }
+  }
+}
+
+/**
+ * A fake, for what a file cannot do: answer from memory, filling `into` synchronously inside
+ * read() (as a source with the bytes at hand could), or after a random delay. A recycled
+ * buffer that someone still reads from is overwritten at once.
+ */
+export class MemoryFakeSource implements BlockSource {
+  readonly id = `memory-fake-${process.pid}-${randomBytes(4).toString('hex')}`;
+  readonly size: number;
+  readonly #data: Buffer;
+  readonly #delay: () => number;
+
+  /** `delay()` gives each read's delay in ms; 0: the bytes are copied before read() returns. */
+  constructor(data: Buffer, delay: () => number) {
+    this.#data = data;
+    this.size = data.length;
+    this.#delay = delay;
+  }
+
+  read(offset: number, length: number, into: Buffer): Promise<void> {
+    const fill = (): void => void this.#data.copy(into, 0, offset, offset + length);
+    const ms = this.#delay();
+    if (ms === 0) {
+      fill();
+      return Promise.resolve();
+    }
+    return sleep(ms).then(fill);
   }
 }
 

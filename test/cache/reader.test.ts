@@ -45,8 +45,8 @@ test('a sequential reader reads ahead with a window growing 2 -> 4 -> 8 -> 16 Mi
     `${(size / MiB / (ms / 1000)).toFixed(0)} MiB/s; ${JSON.stringify(stats)}`);
   assert.deepEqual(distinct(windows.filter((w) => w > 0)), [2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB]);
   assert.equal(s.src.bytesRead, size, 'every byte fetched exactly once');
-  assert.deepEqual(s.src.log.slice(0, 5).map((r) => r.length), [MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB]);
-  assert.ok(s.src.log.every((r) => r.length <= 16 * MiB));
+  // One source read per block, asked for in file order.
+  assert.ok(s.src.log.every((r, i) => r.length === MiB && r.offset === i * MiB));
   assert.equal(stats.misses, 1, 'only the first block was waited for without read-ahead');
   assert.equal(stats.prefetchHits, size / MiB - 1);
 });
@@ -116,7 +116,7 @@ test('read-ahead never holds up the current read, and close() stops it', async (
     await reader.read(o, PIECE, into);
     assert.deepEqual(into, expected(s.file, o, PIECE));
   }
-  assert.equal(slow.pending, 1, 'read-ahead of blocks 1-2 is in flight, held');
+  assert.equal(slow.pending, 2, 'read-ahead of blocks 1-2 is in flight, held');
   let closed = false;
   const closing = reader.close().then(() => (closed = true));
   await new Promise((r) => setTimeout(r, 20));
