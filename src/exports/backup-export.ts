@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VircptError } from '../errors.js';
 import { withFrozenGuest } from '../libvirt/agent.js';
-import { abortJob, backupXml, beginBackup, describeBackup, jobInfo, type BackupJob } from '../libvirt/backup.js';
+import { abortJob, backupXml, beginBackup, describeBackup, exportBitmapName, jobInfo, type BackupJob, type JobInfo } from '../libvirt/backup.js';
 import type { BlockInfo, DomainDetails } from '../libvirt/domain.js';
 import type { Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
@@ -24,6 +24,8 @@ export interface BackupExportOptions {
   scratchRoot?: string | undefined;
   /** Guest-agent fsfreeze around the job's start (default true). */
   freeze?: boolean;
+  /** The domain's job state, when the caller asked for it alongside its other look-ups. */
+  job?: Promise<JobInfo> | undefined;
 }
 
 const JOB_END_TIMEOUT_MS = 10_000;
@@ -32,9 +34,9 @@ const JOB_END_TIMEOUT_MS = 10_000;
  * Refuses when the domain already has a job: ours (JOB_ACTIVE) or anyone else's (FOREIGN_JOB).
  * A job of ours whose instance died (killed mid-start, before cleanup could see it) is aborted.
  */
-export async function assertNoJob(virsh: Virsh, instance: Instance, domain: string, log?: Logger): Promise<void> {
+export async function assertNoJob(virsh: Virsh, instance: Instance, domain: string, log?: Logger, asked?: Promise<JobInfo>): Promise<void> {
   // libvirt allows one job per domain; a second backup-begin blocks 30 s on the job lock first.
-  const info = await jobInfo(virsh, domain);
+  const info = await (asked ?? jobInfo(virsh, domain));
   if (info.type === 'None') return;
   const job = info.operation === 'Backup' ? await describeBackup(virsh, domain) : undefined;
   const owner = ownerOfPath(instance.dirs, job?.socket);
@@ -56,7 +58,7 @@ export async function assertNoJob(virsh: Virsh, instance: Instance, domain: stri
 
 export async function startBackupExport(o: BackupExportOptions): Promise<ExportRecord> {
   const { virsh, instance, domain } = o;
-  await assertNoJob(virsh, instance, domain.name, o.log);
+  await assertNoJob(virsh, instance, domain.name, o.log, o.job);
   await instance.prepare(domain.name, domain.qemuUser, o.scratchRoot);
   const socket = path.join(instance.domainDir(domain.name), 'nbd.sock');
   const scratchDir = instance.scratchDir(domain.name, o.scratchRoot);
@@ -64,7 +66,7 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
   const xml = backupXml({
     incremental: o.checkpoint,
     socket,
-    disks: o.targets.map((t) => ({ target: t, scratch: path.join(scratchDir, `${t}.scratch.qcow2`) })),
+    disks: o.targets.map((t) => ({ target: t, scratch: scratchPath(scratchDir, t) })),
     skip: domain.disks.map((d) => d.target).filter((t) => !chosen.has(t)),
   });
   const startedAt = new Date();
@@ -89,17 +91,15 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
     }
     throw err;
   }
-  const job = await describeBackup(virsh, domain.name);
-  const rec = recordFromJob(o, job, socket, startedAt);
+  // backup-begin returns once QEMU serves the export, under the names backupXml set: the record
+  // needs no backup-dumpxml (connecting to the socket proves the job is there).
+  const rec = recordOf(o, socket, scratchDir, startedAt);
   await writeRecord(instance.domainDir(domain.name), rec);
   o.log.info({ domain: domain.name, checkpoint: o.checkpoint, socket }, `export started: ${domain.name} (checkpoint ${o.checkpoint})`);
   return rec;
 }
 
-function recordFromJob(o: BackupExportOptions, job: BackupJob | undefined, socket: string, startedAt: Date): ExportRecord {
-  if (!job || job.socket !== socket) {
-    throw new VircptError('LIBVIRT', `domain ${o.domain.name}: the backup job vanished right after it started`);
-  }
+function recordOf(o: BackupExportOptions, socket: string, scratchDir: string, startedAt: Date): ExportRecord {
   return {
     domain: o.domain.name,
     kind: 'backup',
@@ -107,21 +107,24 @@ function recordFromJob(o: BackupExportOptions, job: BackupJob | undefined, socke
     checkpoint: o.checkpoint,
     startedAt: startedAt.toISOString(),
     scratchRoot: o.scratchRoot,
-    disks: job.disks.map((d) => ({
-      target: d.target,
-      size: o.sizes.get(d.target)?.capacity ?? 0,
+    disks: o.targets.map((t) => ({
+      target: t,
+      size: o.sizes.get(t)?.capacity ?? 0,
       socket,
-      exportName: d.exportName,
-      dirtyContexts: d.exportBitmap ? { [o.checkpoint]: `qemu:dirty-bitmap:${d.exportBitmap}` } : {},
-      scratch: d.scratch,
+      exportName: t,
+      dirtyContexts: { [o.checkpoint]: `qemu:dirty-bitmap:${exportBitmapName(t)}` },
+      scratch: scratchPath(scratchDir, t),
     })),
   };
 }
 
+const scratchPath = (dir: string, target: string): string => path.join(dir, `${target}.scratch.qcow2`);
+
 /** Ends our backup job (and only ours: the job's socket must be the one we recorded). */
 export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: ExportRecord, log: Logger): Promise<void> {
   const socket = rec.disks[0]?.socket;
-  const job = await describeBackup(virsh, rec.domain).catch(() => undefined);
+  // A failure to ask (not "no job") leaves the record in place, so a later run still ends the job.
+  const job = await currentJob(virsh, rec.domain);
   if (job && job.socket === socket) {
     await abortJob(virsh, rec.domain).catch((err: unknown) => {
       // The job may have ended on its own in between (domain destroyed): fine if it is gone.
@@ -133,10 +136,20 @@ export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: Ex
   log.info({ domain: rec.domain, checkpoint: rec.checkpoint }, `export released: ${rec.domain}`);
 }
 
+/** The domain's backup job; undefined only when libvirt says there is none (or no running domain). */
+async function currentJob(virsh: Virsh, domain: string): Promise<BackupJob | undefined> {
+  try {
+    return await describeBackup(virsh, domain);
+  } catch (err) {
+    if (err instanceof VircptError && (err.code === 'DOMAIN_NOT_FOUND' || err.code === 'DOMAIN_NOT_RUNNING')) return undefined;
+    throw err;
+  }
+}
+
 async function waitJobGone(virsh: Virsh, domain: string, socket: string | undefined): Promise<void> {
   const deadline = Date.now() + JOB_END_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    const job = await describeBackup(virsh, domain).catch(() => undefined);
+    const job = await currentJob(virsh, domain).catch(() => ({ socket })); // failed to ask: ask again
     if (!job || job.socket !== socket) return;
     await sleep(50);
   }

@@ -3,6 +3,7 @@
 // re-checks when it fires (STYLE.md habit 6). Concurrent opens share one start: the promise is
 // stored, not its result, and a failed start is forgotten so the next open tries afresh.
 import { VircptError, messageOf } from '../errors.js';
+import { jobInfo } from '../libvirt/backup.js';
 import { getCheckpoint } from '../libvirt/checkpoint.js';
 import { blockInfo, getDomain } from '../libvirt/domain.js';
 import type { Virsh } from '../libvirt/virsh.js';
@@ -140,13 +141,16 @@ export class ExportManager {
   async #start(domain: string, checkpointName: string): Promise<ActiveExport> {
     const { virsh, log } = this.#o;
     await this.#slot(domain).stopping;
+    // Every look-up at once, the job check too (each virsh call is a process and a connection).
+    const job = jobInfo(virsh, domain);
+    job.catch(() => undefined); // awaited (and reported) by the start, if it gets that far
     const [dom, sizes, checkpoint] = await Promise.all([
       getDomain(virsh, domain), blockInfo(virsh, domain), getCheckpoint(virsh, domain, checkpointName),
     ]);
     const targets = checkpoint.disks.filter((d) => d.checkpoint === 'bitmap').map((d) => d.target);
     try {
       const rec = await startExport({ virsh, log, domain: dom, sizes, checkpoint, targets,
-        instance: this.#o.instance, scratchRoot: this.#o.scratchRoot, freeze: this.#o.freeze ?? true });
+        instance: this.#o.instance, scratchRoot: this.#o.scratchRoot, freeze: this.#o.freeze ?? true, job: dom.active ? job : undefined });
       return new ActiveExport(rec, false, virsh, this.#diskOptions());
     } catch (err) {
       // Another instance of ours (a `vircpt export`, another mount) already serves it: read through.

@@ -1,6 +1,7 @@
 // Starting an export of a domain at a checkpoint, whichever way its state allows.
 import { VircptError } from '../errors.js';
 import { listCheckpoints, type Checkpoint } from '../libvirt/checkpoint.js';
+import type { JobInfo } from '../libvirt/backup.js';
 import type { BlockInfo, DomainDetails } from '../libvirt/domain.js';
 import type { Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
@@ -20,6 +21,8 @@ export interface StartExportOptions {
   targets: string[];
   scratchRoot?: string | undefined;
   freeze?: boolean;
+  /** The domain's job state (domjobinfo), when asked for alongside the other look-ups. */
+  job?: Promise<JobInfo> | undefined;
 }
 
 /** The wanted disks that carry the checkpoint's bitmap (others are warned about). */

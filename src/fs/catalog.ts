@@ -20,6 +20,8 @@ export interface CatalogOptions {
 }
 
 const DOMAINS_KEY = '';
+/** A value younger than this is trusted when a name is missing from it (see #lookup). */
+const MISS_RECHECK_MS = 500;
 
 export class Catalog {
   readonly #virsh: Virsh;
@@ -50,19 +52,35 @@ export class Catalog {
   }
 
   async domain(name: string): Promise<DomainEntry> {
-    if (!this.#allowed(name) || !(await this.domains()).includes(name)) {
-      throw new VircptError('NOT_FOUND', `no domain ${name}`);
-    }
+    if (!this.#allowed(name)) throw new VircptError('NOT_FOUND', `no domain ${name}`);
+    const names = await this.#lookup(this.#domainList, DOMAINS_KEY, (list) => list.includes(name));
+    if (!names?.includes(name)) throw new VircptError('NOT_FOUND', `no domain ${name}`);
     const entry = await this.#entries.fetch(name);
     if (!entry) throw new VircptError('NOT_FOUND', `no domain ${name}`);
     return entry;
   }
 
   async checkpoint(domain: string, name: string): Promise<{ entry: DomainEntry; checkpoint: Checkpoint }> {
-    const entry = await this.domain(domain);
-    const checkpoint = entry.checkpoints.find((c) => c.name === name);
-    if (!checkpoint) throw new VircptError('NOT_FOUND', `domain ${domain} has no checkpoint ${name}`);
+    await this.domain(domain);
+    const has = (e: DomainEntry) => e.checkpoints.some((c) => c.name === name);
+    const entry = await this.#lookup(this.#entries, domain, has);
+    const checkpoint = entry?.checkpoints.find((c) => c.name === name);
+    if (!entry || !checkpoint) throw new VircptError('NOT_FOUND', `domain ${domain} has no checkpoint ${name}`);
     return { entry, checkpoint };
+  }
+
+  /**
+   * A cached value that may be stale; when it lacks what is looked for and is older than
+   * MISS_RECHECK_MS, it is fetched afresh before the answer is no (a checkpoint created a moment
+   * ago must not be ENOENT). Young values are trusted: the kernel caches no negative lookups, and
+   * probes of names that do not exist (.Trash, autorun.inf) must not each cost virsh calls.
+   */
+  async #lookup<T extends {}>(cache: LRUCache<string, T>, key: string, found: (v: T) => boolean): Promise<T | undefined> {
+    const value = await cache.fetch(key);
+    if (value !== undefined && found(value)) return value;
+    const age = cache.ttl - cache.getRemainingTTL(key);
+    if (value !== undefined && age < MISS_RECHECK_MS) return value;
+    return cache.fetch(key, { forceRefresh: true, allowStale: false });
   }
 
   /** Forget what is cached (tests, or after we changed something ourselves). */

@@ -42,12 +42,23 @@ export async function jobInfo(virsh: Virsh, domain: string): Promise<JobInfo> {
   return { type: field('Job type') || 'None', operation: field('Operation') };
 }
 
+/** The dirty bitmap a pull-mode export of `target` carries (the name libvirt would pick too). */
+export function exportBitmapName(target: string): string {
+  return `backup-${target}`;
+}
+
+/**
+ * Export and bitmap names are set, not left to libvirt, so the job's NBD details are known
+ * without asking for them (backup-dumpxml) after backup-begin.
+ */
 export function backupXml(req: BackupRequest): string {
   const disks = [
     ...req.disks.map((d) => ({
       '@name': d.target,
       '@backup': 'yes',
       '@type': 'file',
+      '@exportname': d.target,
+      ...(req.incremental ? { '@exportbitmap': exportBitmapName(d.target) } : {}),
       scratch: { '@file': d.scratch },
     })),
     ...req.skip.map((t) => ({ '@name': t, '@backup': 'no' })),

@@ -212,7 +212,7 @@ describe('vircptfs unmount and exit', () => {
         `the dead daemon's mount ${probe.timedOut ? 'hangs' : 'answers'}: /dev/fuse is still open in qemu-nbd ${holders.join(' ')}`);
       assert.match(String(probe.stderr), /not connected/);
       next = await mountFs({ dir: m.dir, options: [`domain=${on.name}`, `domain=${off.name}`, 'idle=60'] });
-      assert.equal(await on.jobType(), 'None', 'the crashed instance\'s job was ended');
+      assert.equal(await on.jobType(), 'None', `the crashed instance's job was ended; the new daemon said:\n${next.stderr}`);
       for (const pid of pids) assert.equal(processStartTime(pid), undefined, `its qemu-nbd ${pid} was stopped`);
       for (const vm of [on, off]) assert.deepEqual(await leftoversOf(vm.name), [], 'its folders are gone');
       const again = await useBoth(next);
