@@ -18,14 +18,36 @@ export interface LogOptions {
 
 const LEVEL_WORD: Record<string, string> = { warn: 'warning', error: 'error', info: 'info', debug: 'debug', fatal: 'fatal', trace: 'trace' };
 
-/** A pino destination that turns each JSON record into `prefix: [time ]level: message`. */
-function textDestination(write: (line: string) => void, prefix: string, withTime: boolean) {
+/** One field's value, short and on one line: arrays joined by spaces, quoted when it holds spaces. */
+function fieldValue(v: unknown): string {
+  let s: string;
+  if (Array.isArray(v)) s = v.map((x) => (typeof x === 'object' && x !== null ? JSON.stringify(x) : String(x))).join(' ');
+  else if (v instanceof Object) s = typeof (v as { message?: unknown }).message === 'string' ? (v as { message: string }).message : JSON.stringify(v);
+  else s = String(v);
+  return s === '' || /[\s"=]/.test(s) ? JSON.stringify(s) : s;
+}
+
+/** ` key=value` for each field of a record beyond level, time and message, unless the message already shows its value. */
+export function formatFields(o: Record<string, unknown>): string {
+  const msg = typeof o.msg === 'string' ? o.msg : '';
+  let out = '';
+  for (const [k, v] of Object.entries(o)) {
+    // c: the component of a child logger (STYLE.md); the JSON format keeps it, a human line need not.
+    if (k === 'level' || k === 'time' || k === 'msg' || k === 'c' || v === undefined) continue;
+    if (typeof v === 'string' && v !== '' && msg.includes(v)) continue;
+    out += ` ${k}=${fieldValue(v)}`;
+  }
+  return out;
+}
+
+/** A pino destination that turns each JSON record into `prefix: [time ]level: message key=value...`. */
+export function textDestination(write: (line: string) => void, prefix: string, withTime: boolean) {
   return {
     write(record: string): void {
       try {
         const o = JSON.parse(record) as { level: string; msg?: string; time?: string };
         const time = withTime && o.time ? `${o.time} ` : '';
-        write(`${time}${prefix}${LEVEL_WORD[o.level] ?? o.level}: ${o.msg ?? ''}\n`);
+        write(`${time}${prefix}${LEVEL_WORD[o.level] ?? o.level}: ${o.msg ?? ''}${formatFields(o)}\n`);
       } catch {
         write(record);
       }

@@ -15,6 +15,8 @@ export interface GlobalOptions {
 }
 
 export interface Deps {
+  /** The package's version (`vircpt --version`). */
+  version: string;
   log: Logger;
   dirs: RuntimeDirs;
   stdout: (text: string) => void;

@@ -3,50 +3,97 @@
 // released when they finish, also on Ctrl-C (DESIGN.md "Ownership of exports").
 import { VircptError } from '../errors.js';
 import { ActiveExport } from '../exports/active-export.js';
-import { findLiveExport, stopExport } from '../exports/discover.js';
+import { findExports, findLiveExport, stopExport } from '../exports/discover.js';
+import type { ExportRecord } from '../exports/export.js';
 import { Instance } from '../exports/runtime.js';
 import { startExport } from '../exports/start.js';
-import { getCheckpoint, type Checkpoint } from '../libvirt/checkpoint.js';
-import { selectDisks, type Ctx, type SelectedDomain } from './context.js';
+import { getCheckpoint } from '../libvirt/checkpoint.js';
+import { selectDisks, type Ctx } from './context.js';
 
 export interface ExportUse {
   exp: ActiveExport;
-  sel: SelectedDomain;
-  checkpoint: Checkpoint;
   /** The selected disks that this export serves. */
   targets: string[];
   /** Whether we started it (and so release it). */
   own: boolean;
 }
 
+/** An export in use, with the instance that started it when that is us. */
+type Opened = ExportUse & { instance?: Instance };
+
+const NBD_CONNECTIONS = 2;
+
 export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: ExportUse) => Promise<T>): Promise<T> {
+  const { instance, ...use } = (await throughRunningExport(ctx, checkpointName)) ?? (await lookUpAndStart(ctx, checkpointName));
+  try {
+    return await fn(use);
+  } finally {
+    await use.exp.close();
+    if (instance) await stopExport(ctx.virsh, { rec: use.exp.rec, instance }, ctx.log);
+  }
+}
+
+/**
+ * A running export of ours, asking libvirt nothing when its record settles the request: the
+ * disks named by -i/-x are all in it, and the checkpoint is the one it was started at (or whose
+ * bitmap it carries). Its NBD servers accepting our connections is the proof that it still
+ * serves (a job or qemu-nbd that went away refuses them). Anything else: undefined, and the
+ * caller asks libvirt (which also words the errors).
+ */
+async function throughRunningExport(ctx: Ctx, checkpointName: string): Promise<Opened | undefined> {
+  const found = (await findExports(ctx.dirs, ctx.domainName)).find((f) => f.ownerAlive);
+  if (!found) return undefined;
+  const served = found.rec.disks.map((d) => d.target);
+  const { include, exclude } = ctx.opts;
+  if ([...(include ?? []), ...(exclude ?? [])].some((t) => !served.includes(t))) return undefined;
+  const targets = served.filter((t) => (!include?.length || include.includes(t)) && !exclude?.includes(t));
+  if (targets.length === 0) return undefined;
+  // A checkpoint the record does not name: libvirt says whether it exists, meanwhile we connect.
+  const known = found.rec.checkpoint === checkpointName || found.rec.disks.some((d) => Object.hasOwn(d.dirtyContexts, checkpointName));
+  const checkpoint = known ? undefined : getCheckpoint(ctx.virsh, ctx.domainName, checkpointName);
+  checkpoint?.catch(() => undefined); // awaited below
+  const exp = new ActiveExport(found.rec, true, ctx.virsh, { connections: NBD_CONNECTIONS });
+  try {
+    const serving = await Promise.all(targets.map((t) => exp.disk(t))).then(() => true, () => false);
+    await checkpoint;
+    if (!serving) {
+      await exp.close();
+      return undefined;
+    }
+  } catch (err) {
+    await exp.close();
+    throw err;
+  }
+  ctx.log.info(`reading ${exp.domain} through the running export of instance ${found.instance.id}`);
+  return { exp, targets, own: false };
+}
+
+/** libvirt's view of the domain and checkpoint; a running export of ours, or one of our own. */
+async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened> {
   // Independent libvirt look-ups, at once: each virsh call costs tens of milliseconds.
   const [sel, checkpoint, live] = await Promise.all([
     selectDisks(ctx),
     getCheckpoint(ctx.virsh, ctx.domainName, checkpointName),
     findLiveExport(ctx.virsh, ctx.dirs, ctx.domainName),
   ]);
+  let rec: ExportRecord;
   let instance: Instance | undefined;
-  let exp: ActiveExport;
   if (live) {
     ctx.log.info(`reading ${sel.domain.name} through the running export of instance ${live.instance.id}`);
-    exp = new ActiveExport(live.rec, true, ctx.virsh, { connections: 2 });
+    rec = live.rec;
   } else {
     instance = Instance.of('cli', ctx.dirs);
-    const rec = await startExport({
+    rec = await startExport({
       virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
       instance, scratchRoot: ctx.opts.scratchdir,
     });
-    exp = new ActiveExport(rec, false, ctx.virsh, { connections: 2 });
   }
-  try {
-    const targets = sel.targets.filter((t) => exp.hasDisk(t));
-    if (targets.length === 0) {
-      throw new VircptError('DISK_NOT_FOUND', `domain ${sel.domain.name}: the running export serves none of the selected disks`);
-    }
-    return await fn({ exp, sel, checkpoint, targets, own: instance !== undefined });
-  } finally {
+  const exp = new ActiveExport(rec, !!live, ctx.virsh, { connections: NBD_CONNECTIONS });
+  const targets = sel.targets.filter((t) => exp.hasDisk(t));
+  if (targets.length === 0) {
     await exp.close();
-    if (instance) await stopExport(ctx.virsh, { rec: exp.rec, instance }, ctx.log);
+    if (instance) await stopExport(ctx.virsh, { rec, instance }, ctx.log);
+    throw new VircptError('DISK_NOT_FOUND', `domain ${sel.domain.name}: the running export serves none of the selected disks`);
   }
+  return { exp, targets, own: !live, ...(instance && { instance }) };
 }

@@ -1,12 +1,11 @@
 // The vircpt program: commander, built from injected dependencies (bin/ wires the real ones).
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { VircptError } from '../errors.js';
-import { createCmd, deleteCmd, listCmd } from './commands/checkpoints.js';
-import { copyCmd } from './commands/copy.js';
-import { exportCmd, releaseCmd } from './commands/export.js';
-import { infoCmd } from './commands/info.js';
-import { mapCmd } from './commands/map.js';
 import { makeCtx, type Deps, type GlobalOptions } from './context.js';
+
+// Each command's module is loaded when it runs: a process runs one, and `--help` none.
+const checkpoints = () => import('./commands/checkpoints.js');
+const exporting = () => import('./commands/export.js');
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
@@ -38,6 +37,7 @@ export function buildProgram(deps: Deps): Command {
     .option('-x, --exclude <targets>', 'not these disk targets (repeatable, or comma-separated)', collect)
     .option('--scratchdir <dir>', 'where backup scratch images go (they can grow up to each disk\'s size)')
     .option('-v, --verbose', 'debug log, and stack traces on errors')
+    .version(deps.version, '-V, --version', 'the version')
     .showHelpAfterError('(vircpt --help for usage)')
     .configureOutput({ writeOut: deps.stdout, writeErr: deps.stderr })
     .exitOverride();
@@ -45,32 +45,32 @@ export function buildProgram(deps: Deps): Command {
 
   program.command('create').description('create a checkpoint (guest-agent freeze when reachable)')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
-    .action((o: { name: string }) => createCmd(ctx(), o.name));
+    .action(async (o: { name: string }) => (await checkpoints()).createCmd(ctx(), o.name));
   program.command('list').description('list the domain\'s checkpoints')
     .option('--json', 'JSON output')
-    .action((o: { json?: boolean }) => listCmd(ctx(), !!o.json));
+    .action(async (o: { json?: boolean }) => (await checkpoints()).listCmd(ctx(), !!o.json));
   program.command('delete').description('delete a checkpoint (merging its bitmap into the parent)')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .option('--metadata', 'only forget it in libvirt; bitmaps stay in the images')
-    .action((o: { name: string; metadata?: boolean }) => deleteCmd(ctx(), o.name, !!o.metadata));
+    .action(async (o: { name: string; metadata?: boolean }) => (await checkpoints()).deleteCmd(ctx(), o.name, !!o.metadata));
   program.command('export').description('start an export at a checkpoint; print NBD URIs and commands')
     .requiredOption('--name <name>', 'checkpoint name (the incremental base of the dirty map)', checkpointName)
     .option('--json', 'JSON output')
-    .action((o: { name: string; json?: boolean }) => exportCmd(ctx(), o.name, !!o.json));
+    .action(async (o: { name: string; json?: boolean }) => (await exporting()).exportCmd(ctx(), o.name, !!o.json));
   program.command('release').description('stop the export that vircpt export started')
-    .action(() => releaseCmd(ctx()));
+    .action(async () => (await exporting()).releaseCmd(ctx()));
   program.command('map').description('extents changed since a checkpoint (--base: allocation), per disk')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .option('--base', 'allocation extents (base:allocation) instead of the dirty ones')
     .option('--json', 'JSON output (fields as nbdinfo --map --json)')
-    .action((o: { name: string; base?: boolean; json?: boolean }) => mapCmd(ctx(), o.name, !!o.base, !!o.json));
+    .action(async (o: { name: string; base?: boolean; json?: boolean }) => (await import('./commands/map.js')).mapCmd(ctx(), o.name, !!o.base, !!o.json));
   program.command('info').description('the running export\'s NBD details (never starts one)')
     .option('--json', 'JSON output')
-    .action((o: { json?: boolean }) => infoCmd(ctx(), !!o.json));
+    .action(async (o: { json?: boolean }) => (await import('./commands/info.js')).infoCmd(ctx(), !!o.json));
   program.command('copy').description('copy every selected disk to DIR/<target>.raw, sparse')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .requiredOption('--out <dir>', 'output directory (created if missing; existing files are not overwritten)')
-    .action((o: { name: string; out: string }) => copyCmd(ctx(), o.name, o.out));
+    .action(async (o: { name: string; out: string }) => (await import('./commands/copy.js')).copyCmd(ctx(), o.name, o.out));
   return program;
 }
 

@@ -7,8 +7,8 @@
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
 import { VircptError } from '../errors.js';
+import { runProgram } from '../run.js';
 import type { Checkpoint } from '../libvirt/checkpoint.js';
 import type { BlockInfo, DomainDetails } from '../libvirt/domain.js';
 import type { Logger } from '../log.js';
@@ -67,9 +67,11 @@ async function serveDisk(o: QemuNbdExportOptions, dir: string, target: string): 
   const args = ['--read-only', '--format', disk.format, '--export-name', target, '--socket', socket,
     '--shared', '0', '--persistent', '--fork', '--pid-file', pidFile,
     ...bitmaps.flatMap((b) => ['--bitmap', b.bitmap]), image];
-  const res = await execa('qemu-nbd', args, { reject: false, timeout: 30_000, env: { LC_ALL: 'C' } });
+  const res = await runProgram('qemu-nbd', args, { timeoutMs: 30_000, env: { LC_ALL: 'C' } });
   if (res.exitCode !== 0) {
-    const words = String(res.stderr || res.message || "").trim().split('\n').pop() ?? 'failed';
+    const why = res.error?.code === 'ENOENT' ? 'not found: install the Debian package qemu-utils'
+      : res.timedOut ? 'did not start within 30 s' : res.stderr || res.error?.message || `exit code ${res.exitCode ?? res.killedBy}`;
+    const words = why.trim().split('\n').pop() ?? 'failed';
     throw new VircptError('LIBVIRT', `domain ${o.domain.name}, disk ${target}: qemu-nbd: ${words.replace(/^qemu-nbd:\s*/, '')}`);
   }
   return {

@@ -2,8 +2,8 @@
 // FUSE mount left by a killed daemon ("Transport endpoint is not connected") is recovered.
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import { VircptError, messageOf } from '../errors.js';
+import { runProgram } from '../run.js';
 import { readMountinfo } from './fuse-binding.js';
 
 export async function prepareMountpoint(mountpoint: string): Promise<{ recovered: boolean }> {
@@ -25,10 +25,10 @@ export async function prepareMountpoint(mountpoint: string): Promise<{ recovered
 /** Lazily unmounts a dead FUSE mount (its daemon is gone; nothing can be served from it). */
 async function detachStale(mountpoint: string): Promise<void> {
   for (const tool of ['fusermount3', 'fusermount']) {
-    const r = await execa(tool, ['-uz', mountpoint], { reject: false });
+    const r = await runProgram(tool, ['-uz', mountpoint], { timeoutMs: 15_000 });
     if (r.exitCode === 0) return;
     if (tool === 'fusermount') {
-      throw new VircptError('BUSY', `mountpoint ${mountpoint} holds a dead FUSE mount that could not be removed: ${messageOf(r.stderr)}`);
+      throw new VircptError('BUSY', `mountpoint ${mountpoint} holds a dead FUSE mount that could not be removed: ${messageOf(r.stderr || r.error?.message || `exit code ${r.exitCode}`)}`);
     }
   }
 }

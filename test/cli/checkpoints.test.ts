@@ -1,5 +1,6 @@
 // vircpt create / list / delete against a real libvirtd and a paused TCG lab VM.
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { Lab, type LabVm } from '../lab/lab.js';
 import { errorLines, vircpt } from '../lab/cli.js';
@@ -71,6 +72,18 @@ describe('vircpt checkpoints', () => {
     const nodisk = await cli('-i', 'sdz', 'create', '--name', 'c3');
     assert.equal(nodisk.code, 1);
     assert.match(nodisk.stderr, /has no disk sdz \(disks: sda, vdb, vdc\)/);
+  });
+
+  it('prints its version; -v logs each virsh call with its arguments and duration', async () => {
+    const pkg = JSON.parse(await readFile(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-V']) {
+      const v = await vircpt([flag]);
+      assert.equal(v.code, 0, v.stderr);
+      assert.equal(v.stdout, pkg.version);
+    }
+    const r = await cli('-v', 'list');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, new RegExp(`^vircpt: debug: virsh args="checkpoint-list --name --topological -- ${vm.name}" ms=\\d+ exit=0$`, 'm'));
   });
 
   it('exits 2 on usage errors', async () => {

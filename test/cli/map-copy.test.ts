@@ -1,6 +1,6 @@
 // vircpt map / info / copy against a lab VM's pull-mode export, compared with the C tools.
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab, type LabVm } from '../lab/lab.js';
@@ -86,6 +86,7 @@ describe('vircpt map, info and copy', () => {
     const out = path.join(tmp, 'copy');
     const r = await cli('copy', '--name', 'c1', '--out', out);
     assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /MaxListeners|Warning/, 'the reads in flight share one listener on the Ctrl-C signal');
     for (const t of ['sda', 'vdb']) {
       const ref = path.join(tmp, `${t}.ref`);
       await imageToRaw(vm.image(t), ref);
@@ -99,5 +100,37 @@ describe('vircpt map, info and copy', () => {
     const again = await cli('copy', '--name', 'c1', '--out', out);
     assert.equal(again.code, 1);
     assert.match(again.stderr, /already exists; not overwriting it/);
+  });
+
+  it('copy and map read through a running export: -i/-x select its disks, unknown names are one line', async () => {
+    const ex = await cli('export', '--name', 'c1');
+    assert.equal(ex.code, 0, ex.stderr);
+    try {
+      const out = path.join(tmp, 'through');
+      const r = await cli('copy', '--name', 'c1', '--out', out);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr, '', 'no warning');
+      assert.deepEqual((await readdir(out)).sort(), ['sda.raw', 'vdb.raw']);
+      const ref = path.join(tmp, 'vdb.through.ref');
+      await imageToRaw(vm.image('vdb'), ref);
+      assert.ok((await readFile(path.join(out, 'vdb.raw'))).equals(await readFile(ref)), 'vdb.raw is the disk');
+
+      const only = await cli('-i', 'vdb', 'map', '--name', 'c1', '--json');
+      assert.equal(only.code, 0, only.stderr);
+      assert.deepEqual(Object.keys((JSON.parse(only.stdout) as MapDoc).disks), ['vdb']);
+      const but = await cli('-x', 'vdb', 'map', '--name', 'c1', '--json');
+      assert.equal(but.code, 0, but.stderr);
+      assert.deepEqual(Object.keys((JSON.parse(but.stdout) as MapDoc).disks), ['sda']);
+
+      const nocp = await cli('copy', '--name', 'nosuch', '--out', path.join(tmp, 'nosuch'));
+      assert.equal(nocp.code, 1);
+      assert.deepEqual(errorLines(nocp.stderr), [`vircpt: domain ${vm.name} has no checkpoint nosuch`]);
+      const nodisk = await cli('-i', 'sdz', 'map', '--name', 'c1');
+      assert.equal(nodisk.code, 1);
+      assert.deepEqual(errorLines(nodisk.stderr), [`vircpt: domain ${vm.name} has no disk sdz (disks: sda, vdb)`]);
+      assert.equal(await vm.jobType(), 'Unbounded', 'the running export was left alone');
+    } finally {
+      assert.equal((await cli('release')).code, 0);
+    }
   });
 });

@@ -260,7 +260,7 @@ describe('vircptfs through install.sh, mount(8), fstab and umount', () => {
     const text = () => readFile(log, 'utf8').catch(() => '');
     assert.match(await text(), new RegExp(`info: mounted ${LAB_URI} at ${dir}$`, 'm'));
     await readAt(path.join(dir, vm.name, 'c1', 'sda.raw'), 0, 4096);
-    assert.match(await text(), new RegExp(`info: export started: ${vm.name} \\(checkpoint c1\\)$`, 'm'));
+    assert.match(await text(), new RegExp(`info: export started: ${vm.name} \\(checkpoint c1\\)( socket=\\S+)?$`, 'm'));
     assert.ok(await waitFor(async () => (await text()).includes(`export released: ${vm.name}`), 15_000),
       `released once idle:\n${await text()}`);
     await unmountsClean(dir, pid, false, log);

@@ -1,13 +1,21 @@
 // vircpt copy: every selected disk to DIR/<target>.raw, sparse, with a progress bar on a TTY.
 import { mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import cliProgress from 'cli-progress';
 import { VircptError } from '../../errors.js';
 import { copyDisk } from '../../exports/copy.js';
 import type { Ctx } from '../context.js';
 import { withExport } from '../use-export.js';
 
 const DISKS_AT_ONCE = 2;
+
+/** Loaded only for a terminal: scripts and pipes never draw one. */
+async function progressBar() {
+  const { default: cliProgress } = await import('cli-progress');
+  return new cliProgress.SingleBar({
+    format: 'copying {bar} {percentage}% | {doneMiB}/{totalMiB} MiB | {eta_formatted} left',
+    hideCursor: true, stream: process.stdout,
+  }, cliProgress.Presets.shades_classic);
+}
 
 export async function copyCmd(ctx: Ctx, name: string, outDir: string): Promise<void> {
   await mkdir(outDir, { recursive: true });
@@ -18,10 +26,7 @@ export async function copyCmd(ctx: Ctx, name: string, outDir: string): Promise<v
     }
     const disks = await Promise.all(targets.map((t) => exp.disk(t)));
     const total = disks.reduce((n, d) => n + d.size, 0);
-    const bar = ctx.isTTY ? new cliProgress.SingleBar({
-      format: 'copying {bar} {percentage}% | {doneMiB}/{totalMiB} MiB | {eta_formatted} left',
-      hideCursor: true, stream: process.stdout,
-    }, cliProgress.Presets.shades_classic) : undefined;
+    const bar = ctx.isTTY ? await progressBar() : undefined;
     let done = 0;
     bar?.start(total, 0, { doneMiB: 0, totalMiB: (total / 2 ** 20).toFixed(0) });
     const onProgress = (delta: number) => {
