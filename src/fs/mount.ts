@@ -35,8 +35,10 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   if ((await readdir(o.mountpoint).catch(() => [])).length > 0) {
     throw new VircptError('USAGE', `mountpoint ${o.mountpoint} is not empty`);
   }
-  const virsh = new Virsh({ uri: o.uri, log: log.child({ c: 'virsh' }) });
+  // One virsh shell for the many quick look-ups a mount makes (listings, export starts).
+  const virsh = new Virsh({ uri: o.uri, log: log.child({ c: 'virsh' }), session: true });
   await virsh.run(['uri'], { timeoutMs: 15_000 }).catch((err: unknown) => {
+    virsh.close();
     throw new VircptError('LIBVIRT', `cannot reach libvirt at ${o.uri}: ${messageOf(err)}`, { cause: err });
   });
   const cleaned = await cleanupStale(virsh, dirs, log);
@@ -72,6 +74,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
     });
   } catch (err) {
     await manager.close();
+    virsh.close();
     throw err;
   }
   await setReadAhead(fuse.mountpoint, o.readaheadKb).catch((err: unknown) => log.warn(`read-ahead not set: ${messageOf(err)}`));
@@ -83,6 +86,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
     await files.releaseAll();
     await manager.close();
     cache.clear();
+    virsh.close();
   })());
   const done = fuse.exited.then(async (exit) => {
     if (exit.external) log.info(`${fuse.mountpoint} was unmounted; releasing exports`);

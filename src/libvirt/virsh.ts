@@ -3,16 +3,36 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { execa } from 'execa';
+import { performance } from 'node:perf_hooks';
 import { VircptError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
+import { runProgram } from '../run.js';
+import { VirshSession } from './virsh-session.js';
 
 export interface VirshOptions {
   uri: string;
   /** Default deadline of one call (ms). */
   timeoutMs?: number;
   log?: Logger;
+  /**
+   * Quick read-only queries go through one long-lived virsh shell (virsh-session.ts) instead of
+   * a process each: for long-running processes (the vircptfs daemon).
+   */
+  session?: boolean;
 }
+
+/** Queries that answer at once and change nothing: what the shell may run. Anything that can
+ *  block (backup-begin on a job lock, agent commands, freeze) keeps a process of its own. */
+const SESSION_COMMANDS = new Set([
+  'list', 'domstate', 'dominfo', 'dumpxml', 'domblkinfo', 'domjobinfo',
+  'checkpoint-list', 'checkpoint-dumpxml', 'backup-dumpxml',
+]);
+
+/** What a shell says (before the next answer) when its connection to libvirtd broke. */
+const LOST_CONNECTION = /Disconnected from|Failed to reconnect|no valid connection|End of file while reading data/i;
+
+/** Shells at most: a listing refresh and an export start's look-ups need not queue behind each other. */
+const MAX_SESSIONS = 3;
 
 export interface CallOptions {
   signal?: AbortSignal;
@@ -49,11 +69,31 @@ export class Virsh {
   readonly uri: string;
   readonly #timeoutMs: number;
   readonly #log: Logger | undefined;
+  /** Shells of session mode (none otherwise), opened as concurrent queries need them. */
+  readonly #sessions: VirshSession[] | undefined;
 
   constructor(opts: VirshOptions) {
     this.uri = opts.uri;
     this.#timeoutMs = opts.timeoutMs ?? 60_000;
     this.#log = opts.log;
+    this.#sessions = opts.session ? [] : undefined;
+  }
+
+  /** Ends the shells of session mode, if any. Idempotent. */
+  close(): void {
+    for (const s of this.#sessions?.splice(0) ?? []) s.close();
+  }
+
+  /** An idle shell, a new one while there are fewer than MAX_SESSIONS, else the least busy. */
+  #session(sessions: VirshSession[]): VirshSession {
+    const idle = sessions.find((s) => s.load === 0);
+    if (idle) return idle;
+    if (sessions.length < MAX_SESSIONS) {
+      const fresh = new VirshSession(this.uri);
+      sessions.push(fresh);
+      return fresh;
+    }
+    return sessions.reduce((a, b) => (b.load < a.load ? b : a));
   }
 
   /**
@@ -71,27 +111,58 @@ export class Virsh {
     }
   }
 
+  /** The session's answer; undefined when the shell failed (the caller runs a process instead). */
+  async #inSession(args: string[], timeout: number, signal: AbortSignal | undefined) {
+    if (signal?.aborted) throw new VircptError('ABORTED', `virsh ${args[0]} was cancelled`, { cause: signal.reason });
+    const session = this.#session(this.#sessions!);
+    try {
+      const answer = await session.run(args, timeout);
+      if (answer.ok || !LOST_CONNECTION.test(answer.stderr)) return answer;
+      // The shell's connection broke (libvirtd restarted): drop that shell, ask with a process.
+      this.#log?.debug({ args, stderr: answer.stderr.trim() }, 'virsh session lost its connection; running a process');
+      session.close();
+      const at = this.#sessions!.indexOf(session);
+      if (at >= 0) this.#sessions!.splice(at, 1);
+      return undefined;
+    } catch (err) {
+      if ((err as { timedOut?: boolean }).timedOut) throw new VircptError('TIMEOUT', `virsh ${args[0]} timed out after ${timeout} ms`);
+      this.#log?.debug({ args, err: (err as Error).message }, 'virsh session failed; running a process');
+      return undefined;
+    }
+  }
+
   /** Runs `virsh -c URI ARGS...`; resolves to stdout, rejects with a VircptError in libvirt's words. */
   async run(args: string[], opts: CallOptions = {}): Promise<string> {
     const timeout = opts.timeoutMs ?? this.#timeoutMs;
-    this.#log?.debug({ args }, 'virsh');
-    const res = await execa('virsh', ['-q', '-c', this.uri, ...args], {
+    const started = performance.now();
+    if (this.#sessions && SESSION_COMMANDS.has(args[0] ?? '') && opts.input === undefined) {
+      const answer = await this.#inSession(args, timeout, opts.signal);
+      if (answer !== undefined) {
+        this.#log?.debug({ args, ms: Math.round(performance.now() - started), ok: answer.ok, session: true }, 'virsh');
+        if (answer.ok) return answer.stdout.endsWith('\n') ? answer.stdout.slice(0, -1) : answer.stdout;
+        const words = libvirtWords(answer.stderr);
+        throw new VircptError(classifyVirshError(words), words, { cause: new Error(`virsh ${args.join(' ')} failed`) });
+      }
+    }
+    const res = await runProgram('virsh', ['-q', '-c', this.uri, ...args], {
       env: { LC_ALL: 'C' },
-      reject: false,
-      timeout,
-      cancelSignal: opts.signal,
+      timeoutMs: timeout,
+      signal: opts.signal,
       input: opts.input,
-      stripFinalNewline: true,
     });
-    if (res.exitCode === 0 && !res.failed) return res.stdout;
+    this.#log?.debug({ args, ms: Math.round(performance.now() - started), exit: res.exitCode ?? res.killedBy }, 'virsh');
+    if (res.exitCode === 0) return res.stdout;
     if (res.timedOut) {
       throw new VircptError('TIMEOUT', `virsh ${args[0]} timed out after ${timeout} ms`);
     }
-    if (res.isCanceled) throw new VircptError('ABORTED', `virsh ${args[0]} was cancelled`);
-    if ((res as { code?: string }).code === 'ENOENT') {
-      throw new VircptError('LIBVIRT', 'virsh not found: install the Debian package libvirt-clients');
+    if (res.aborted) throw new VircptError('ABORTED', `virsh ${args[0]} was cancelled`, { cause: opts.signal?.reason });
+    if (res.error?.code === 'ENOENT') {
+      throw new VircptError('LIBVIRT', 'virsh not found: install the Debian package libvirt-clients', { cause: res.error });
     }
-    const words = libvirtWords(String(res.stderr || res.message));
-    throw new VircptError(classifyVirshError(words), words, { cause: res });
+    const ended = res.exitCode !== null ? `exit code ${res.exitCode}` : `killed by ${res.killedBy ?? 'an error'}`;
+    const words = libvirtWords(res.stderr || res.error?.message || `virsh ${args[0]} failed (${ended})`);
+    throw new VircptError(classifyVirshError(words), words, {
+      cause: res.error ?? new Error(`virsh ${args.join(' ')}: ${ended}`),
+    });
   }
 }

@@ -1,0 +1,100 @@
+// The long-lived virsh shell (session mode) must answer exactly as one virsh process per call
+// does: same output, same errors and codes, whatever the arguments hold; and it must leave no
+// shell behind when closed.
+import assert from 'node:assert/strict';
+import { readdir, readFile } from 'node:fs/promises';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Lab, LAB_URI, virsh as labVirsh, type LabVm } from '../lab/lab.js';
+import { VircptError } from '../../src/errors.js';
+import { Virsh } from '../../src/libvirt/virsh.js';
+
+const MiB = 1024 * 1024;
+
+/** PIDs of this process's virsh children that are still running (not zombies). */
+async function virshChildren(): Promise<number[]> {
+  const out: number[] = [];
+  for (const pid of await readdir('/proc').catch(() => [])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    const m = /^\d+ \((.*)\) (\S) (\d+)/.exec(stat);
+    if (m && m[1] === 'virsh' && m[2] !== 'Z' && Number(m[3]) === process.pid) out.push(Number(pid));
+  }
+  return out;
+}
+
+async function failure(p: Promise<unknown>): Promise<VircptError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof VircptError, `not a VircptError: ${String(err)}`);
+    return err;
+  }
+  assert.fail('expected a failure');
+}
+
+describe('virsh session mode', () => {
+  const lab = new Lab('session');
+  let vm: LabVm;
+  const session = new Virsh({ uri: LAB_URI, session: true });
+  const oneShot = new Virsh({ uri: LAB_URI });
+
+  before(async () => {
+    vm = await lab.vm({ disks: [{ target: 'vda', size: 64 * MiB }] });
+    await labVirsh('checkpoint-create-as', vm.name, 'c0');
+  });
+  after(async () => {
+    session.close();
+    await lab.cleanup();
+  });
+
+  it('answers every query as a virsh process does', async () => {
+    const queries = [
+      ['list', '--all', '--name'],
+      ['list', '--name'],
+      ['domstate', '--', vm.name],
+      ['dumpxml', '--', vm.name],
+      ['domblkinfo', '--all', '--', vm.name],
+      ['domjobinfo', '--', vm.name],
+      ['checkpoint-list', '--name', '--topological', '--', vm.name],
+      ['checkpoint-dumpxml', '--no-domain', '--', vm.name, 'c0'],
+    ];
+    for (const q of queries) {
+      const [a, b] = await Promise.all([session.run(q), oneShot.run(q)]);
+      assert.equal(a.trimEnd(), b.trimEnd(), `virsh ${q.join(' ')}`);
+      assert.ok(a.length > 0, `virsh ${q.join(' ')} printed something`);
+    }
+  });
+
+  it('fails as a virsh process does, with libvirt words and the same code', async () => {
+    const odd = `no such ' "dom" ; echo x \\ $HOME`;
+    const cases = [
+      ['domstate', '--', odd],
+      ['checkpoint-dumpxml', '--no-domain', '--', vm.name, 'nope'],
+      ['backup-dumpxml', '--', vm.name],
+    ];
+    for (const q of cases) {
+      const [a, b] = [await failure(session.run(q)), await failure(oneShot.run(q))];
+      assert.equal(a.code, b.code, `virsh ${q.join(' ')}`);
+      assert.equal(a.message, b.message);
+    }
+    // The odd name reached libvirt whole: no quote or separator was interpreted on the way.
+    assert.match((await failure(session.run(['domstate', '--', odd]))).message, new RegExp(`'${odd.replace(/[\\$"^.*+?()[\]{}|]/g, '\\$&')}'`));
+  });
+
+  it('runs concurrent queries on at most three shells, and close() ends them', async () => {
+    const answers = await Promise.all(Array.from({ length: 24 }, (_, i) =>
+      session.run(i % 2 ? ['domstate', '--', vm.name] : ['checkpoint-list', '--name', '--', vm.name])));
+    answers.forEach((a, i) => assert.equal(a.trim(), i % 2 ? 'paused' : 'c0'));
+    const shells = await virshChildren();
+    assert.ok(shells.length >= 1 && shells.length <= 3, `${shells.length} virsh shells`);
+    session.close();
+    for (let i = 0; i < 50 && (await virshChildren()).length > 0; i++) await sleep(100);
+    assert.deepEqual(await virshChildren(), []);
+    // A query after close() opens a fresh shell, and that one ends with close() too.
+    assert.equal((await session.run(['domstate', '--', vm.name])).trim(), 'paused');
+    session.close();
+    for (let i = 0; i < 50 && (await virshChildren()).length > 0; i++) await sleep(100);
+    assert.deepEqual(await virshChildren(), []);
+  });
+});
