@@ -28,12 +28,20 @@ export async function dropCaches(): Promise<void> {
 
 let clockTicks: number | undefined;
 
-/** utime + stime of a process in seconds (proc(5) /proc/PID/stat fields 14 and 15). */
-export async function cpuSeconds(pid: number): Promise<number> {
+/** User and system CPU seconds from a proc(5) stat file (/proc/PID/stat, /proc/PID/task/TID/stat):
+ *  utime and stime (fields 14, 15), or with `children` cutime and cstime (16, 17: waited-for children). */
+export async function statCpu(statFile: string, children = false): Promise<{ user: number; sys: number }> {
   clockTicks ??= Number((await execa('getconf', ['CLK_TCK'])).stdout.trim()) || 100;
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const stat = await readFile(statFile, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // the name may hold blanks
-  return (Number(fields[11]) + Number(fields[12])) / clockTicks; // fields 14, 15 counted from 1
+  const i = children ? 13 : 11; // fields counted from 1, the first two cut off
+  return { user: Number(fields[i]) / clockTicks, sys: Number(fields[i + 1]) / clockTicks };
+}
+
+/** utime + stime of a process in seconds. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const { user, sys } = await statCpu(`/proc/${pid}/stat`);
+  return user + sys;
 }
 
 /** A field of /proc/PID/status in KiB (VmHWM: peak resident set size). */

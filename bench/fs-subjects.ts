@@ -42,7 +42,7 @@ export function once(fn: () => Promise<void>): () => Promise<void> {
 }
 
 /** Ends a child by its PID: waits (or signals first), then SIGTERM, then SIGKILL. */
-async function endChild(child: ChildProcess, exited: Promise<void>, signalFirst: boolean): Promise<void> {
+export async function endChild(child: ChildProcess, exited: Promise<void>, signalFirst: boolean): Promise<void> {
   const gone = () => child.exitCode !== null || child.signalCode !== null;
   const steps = signalFirst ? (['SIGTERM', 'SIGKILL'] as const) : ([undefined, 'SIGTERM', 'SIGKILL'] as const);
   for (const sig of steps) {
@@ -54,7 +54,7 @@ async function endChild(child: ChildProcess, exited: Promise<void>, signalFirst:
   }
 }
 
-function startChild(cmd: string, args: string[]): { child: ChildProcess; exited: Promise<void>; stderr: () => string } {
+export function startChild(cmd: string, args: string[]): { child: ChildProcess; exited: Promise<void>; stderr: () => string } {
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
@@ -63,7 +63,7 @@ function startChild(cmd: string, args: string[]): { child: ChildProcess; exited:
   return { child, exited, stderr: () => err };
 }
 
-async function unmountFuse(target: string): Promise<void> {
+export async function unmountFuse(target: string): Promise<void> {
   if (!(await mountEntry(target))) return;
   await execa('fusermount3', ['-u', target], { reject: false, timeout: EXIT_TIMEOUT_MS });
   if (await mountEntry(target)) await execa('fusermount3', ['-uz', target], { reject: false, timeout: EXIT_TIMEOUT_MS });
