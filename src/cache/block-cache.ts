@@ -66,8 +66,14 @@ export class BlockCache {
   readonly #lru: LRUCache<string, Block, FetchContext>;
   readonly #sources = new Map<string, SourceState>();
   readonly #stats = newStats();
-  /** Bytes read-ahead has in flight, across all readers; kept under half the cache. */
+  /** Bytes read-ahead has in flight, across all readers; kept under #prefetchLimit. */
   #prefetchBytes = 0;
+  /**
+   * Read-ahead in flight is memory the LRU does not count yet: an eighth of the cache (32 MiB of
+   * the default 256 MiB, two 16 MiB windows) keeps the resident set near the cache size; a small
+   * cache may still fetch up to 8 blocks, at most half of it.
+   */
+  readonly #prefetchLimit: number;
 
   constructor(opts: BlockCacheOptions = {}) {
     this.blockSize = positiveInteger('blockSize', opts.blockSize ?? DEFAULT_BLOCK_SIZE);
@@ -75,6 +81,7 @@ export class BlockCache {
     if (this.maxBytes < 2 * this.blockSize) {
       throw new VircptError('INVALID', `block cache: maxBytes ${this.maxBytes} holds fewer than two blocks`);
     }
+    this.#prefetchLimit = Math.max(this.maxBytes / 8, Math.min(this.maxBytes / 2, 8 * this.blockSize));
     const poolBytes = opts.poolBytes ?? Math.floor(Math.min(DEFAULT_MAX_POOL, this.maxBytes / 4));
     if (poolBytes !== 0) positiveInteger('poolBytes', poolBytes);
     this.#pool = new BufferPool(this.blockSize, poolBytes);
@@ -156,7 +163,7 @@ export class BlockCache {
       const start = index * this.blockSize;
       if (zeros.covers(start, Math.min(source.size, start + this.blockSize))) continue;
       if (this.#lru.has(blockKey(source.id, index))) continue;
-      if (this.#prefetchBytes + this.blockSize > this.maxBytes / 2) break;
+      if (this.#prefetchBytes + this.blockSize > this.#prefetchLimit) break;
       const { block, how } = this.#fetch(source.id, state, index, fetch);
       pending.push(how === 'miss' ? this.#trackPrefetch(block) : block.then(() => {}, () => {}));
     }

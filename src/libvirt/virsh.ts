@@ -21,11 +21,14 @@ export interface VirshOptions {
   session?: boolean;
 }
 
-/** Queries that answer at once and change nothing: what the shell may run. Anything that can
- *  block (backup-begin on a job lock, agent commands, freeze) keeps a process of its own. */
+/** Calls that answer at once: what the shells may run. Anything that can block for long (agent
+ *  commands, fsfreeze, checkpoint creation) keeps a process of its own. */
 const SESSION_COMMANDS = new Set([
   'list', 'domstate', 'dominfo', 'dumpxml', 'domblkinfo', 'domjobinfo',
   'checkpoint-list', 'checkpoint-dumpxml', 'backup-dumpxml',
+  // Asked only after domjobinfo found no job (so no 30 s wait on the job lock), and the open()
+  // that starts an export waits on it: a process of its own would add tens of milliseconds.
+  'backup-begin', 'domjobabort',
 ]);
 
 /** What a shell says (before the next answer) when its connection to libvirtd broke. */
