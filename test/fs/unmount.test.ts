@@ -221,8 +221,11 @@ describe('vircptfs unmount and exit', () => {
       await assertNothingLeft(next, again);
     } finally {
       await next?.cleanup();
-      // A qemu-nbd holding the dead daemon's FUSE device keeps its mount hanging: end it (ours).
-      for (const pid of await fuseHolders(pids)) kill(pid);
+      // The dead daemon's qemu-nbd, when the test failed before the next mount ended it (and
+      // one holding the dead daemon's FUSE device keeps its mount hanging): end it, it is ours.
+      for (const pid of pids) {
+        if ((await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).startsWith('qemu-nbd\0')) kill(pid);
+      }
       await m.cleanup();
       await removeInstance(m.pid); // when no next mount cleaned up after the killed one
     }
