@@ -37,7 +37,7 @@ export function buildProgram(deps: Deps): Command {
     .option('-x, --exclude <targets>', 'not these disk targets (repeatable, or comma-separated)', collect)
     .option('--scratchdir <dir>', 'where backup scratch images go (they can grow up to each disk\'s size)')
     .option('-v, --verbose', 'debug log, and stack traces on errors')
-    .version(deps.version, '-V, --version', 'the version')
+    .version(`vircpt ${deps.version}`, '-V, --version', 'print the version')
     .showHelpAfterError('(vircpt --help for usage)')
     .configureOutput({ writeOut: deps.stdout, writeErr: deps.stderr })
     .exitOverride();

@@ -79,7 +79,7 @@ describe('vircpt checkpoints', () => {
     for (const flag of ['--version', '-V']) {
       const v = await vircpt([flag]);
       assert.equal(v.code, 0, v.stderr);
-      assert.equal(v.stdout, pkg.version);
+      assert.equal(v.stdout, `vircpt ${pkg.version}`);
     }
     const r = await cli('-v', 'list');
     assert.equal(r.code, 0, r.stderr);
