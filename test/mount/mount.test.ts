@@ -230,8 +230,14 @@ describe('vircptfs through install.sh, mount(8), fstab and umount', () => {
 
     process.kill(pid, 'SIGKILL');
     assert.ok(await waitFor(() => gone(pid), 10_000));
-    // ECONNABORTED while the last threads of the daemon still let go of /dev/fuse, then ENOTCONN.
-    await assert.rejects(readdir(dir), { code: /^(ENOTCONN|ECONNABORTED)$/ }, 'a dead mount is left behind');
+    // A dead mount is left behind. While the kernel tears the connection down a request can also
+    // fail with ECONNABORTED or EIO (seen once under load); what stays is ENOTCONN/ECONNABORTED.
+    let lastCode = '';
+    const settled = await waitFor(async () => {
+      lastCode = await readdir(dir).then(() => 'answered', (e: NodeJS.ErrnoException) => e.code ?? String(e));
+      return lastCode === 'ENOTCONN' || lastCode === 'ECONNABORTED';
+    }, 5000);
+    assert.ok(settled, `a dead mount is left behind (readdir: ${lastCode})`);
 
     const again = await mountVircpt(dir, `domain=${vm.name},idle=2,nofreeze`);
     assert.equal(again.code, 0, again.stderr);
