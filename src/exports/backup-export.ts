@@ -69,21 +69,14 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
     disks: o.targets.map((t) => ({ target: t, scratch: scratchPath(scratchDir, t) })),
     skip: domain.disks.map((d) => d.target).filter((t) => !chosen.has(t)),
   });
-  const startedAt = new Date();
-  // Recorded before the job starts: if this process dies between backup-begin and the final
-  // record, a later instance still finds the job's socket here and cleans it up.
-  await writeRecord(instance.domainDir(domain.name), {
-    domain: domain.name, kind: 'backup', owner: instance.id, checkpoint: o.checkpoint, startedAt: startedAt.toISOString(),
-    scratchRoot: o.scratchRoot, disks: o.targets.map((t) => ({ target: t, size: 0, socket, exportName: t, dirtyContexts: {} })),
-  });
+  // Everything the record holds is set here (backupXml names the exports and bitmaps), so it is
+  // written once, before the job starts: if this process dies right after backup-begin, a later
+  // instance still finds the job's socket here and cleans it up.
+  const rec = recordOf(o, socket, scratchDir, new Date());
+  await writeRecord(instance.domainDir(domain.name), rec);
   try {
     const begin = () => beginBackup(virsh, domain.name, xml);
-    if (o.freeze === false) await begin();
-    else if (!domain.agentChannel || domain.state === 'paused') {
-      // No agent to ask (no channel, or a paused guest cannot answer): skip the ping's round trip.
-      o.log.warn({ domain: domain.name }, `domain ${domain.name}: no guest agent to freeze filesystems (crash-consistent)`);
-      await begin();
-    } else await withFrozenGuest(virsh, domain.name, o.log, begin);
+    await (o.freeze === false ? begin() : withFrozenGuest(virsh, domain, o.log, begin));
   } catch (err) {
     await instance.cleanup(domain.name, o.scratchRoot);
     if (err instanceof VircptError) {
@@ -91,10 +84,8 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
     }
     throw err;
   }
-  // backup-begin returns once QEMU serves the export, under the names backupXml set: the record
-  // needs no backup-dumpxml (connecting to the socket proves the job is there).
-  const rec = recordOf(o, socket, scratchDir, startedAt);
-  await writeRecord(instance.domainDir(domain.name), rec);
+  // backup-begin returns once QEMU serves the export under those names: no backup-dumpxml
+  // (connecting to the socket proves the job is there).
   o.log.info({ domain: domain.name, checkpoint: o.checkpoint, socket }, `export started: ${domain.name} (checkpoint ${o.checkpoint})`);
   return rec;
 }

@@ -1,15 +1,23 @@
 // Guest-agent filesystem freeze around checkpoint creation and export start, when the agent answers.
 import type { Logger } from '../log.js';
 import { messageOf } from '../errors.js';
+import type { DomainDetails } from './domain.js';
 import type { Virsh } from './virsh.js';
+
+/** What is needed of a domain to know whether its agent can answer. */
+export type AgentDomain = Pick<DomainDetails, 'name' | 'state' | 'agentChannel'>;
 
 const AGENT_TIMEOUT_S = 3;
 
-/** True when the domain's guest agent answers a ping within a few seconds. */
-export async function agentAvailable(virsh: Virsh, domain: string): Promise<boolean> {
+/**
+ * True when the domain's guest agent answers a ping within a few seconds. A domain without an
+ * agent channel, or a paused one (its guest cannot answer), is not asked: no round trip.
+ */
+export async function agentAvailable(virsh: Virsh, domain: AgentDomain): Promise<boolean> {
+  if (!domain.agentChannel || domain.state === 'paused') return false;
   try {
     await virsh.run(
-      ['qemu-agent-command', '--timeout', String(AGENT_TIMEOUT_S), '--', domain, '{"execute":"guest-ping"}'],
+      ['qemu-agent-command', '--timeout', String(AGENT_TIMEOUT_S), '--', domain.name, '{"execute":"guest-ping"}'],
       { timeoutMs: (AGENT_TIMEOUT_S + 2) * 1000 },
     );
     return true;
@@ -24,11 +32,12 @@ export async function agentAvailable(virsh: Virsh, domain: string): Promise<bool
  */
 export async function withFrozenGuest<T>(
   virsh: Virsh,
-  domain: string,
+  dom: AgentDomain,
   log: Logger,
   fn: () => Promise<T>,
 ): Promise<T> {
-  if (!(await agentAvailable(virsh, domain))) {
+  const domain = dom.name;
+  if (!(await agentAvailable(virsh, dom))) {
     log.warn({ domain }, `domain ${domain}: guest agent not reachable, no filesystem freeze (crash-consistent)`);
     return fn();
   }

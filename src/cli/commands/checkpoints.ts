@@ -13,7 +13,7 @@ export async function createCmd(ctx: Ctx, name: string): Promise<void> {
     throw new VircptError('DOMAIN_NOT_RUNNING',
       `domain ${domain.name} is shut off: libvirt creates checkpoints only on a running domain (start it; paused is enough)`);
   }
-  const quiesce = await agentAvailable(ctx.virsh, domain.name);
+  const quiesce = await agentAvailable(ctx.virsh, domain);
   if (!quiesce) ctx.log.warn(`domain ${domain.name}: guest agent not reachable, no filesystem freeze (crash-consistent checkpoint)`);
   const xml = checkpointXml(name, domain.disks, new Set(targets));
   try {
