@@ -30,7 +30,8 @@ export interface RunResult {
 /** A child that ignores SIGTERM gets SIGKILL this long after. */
 const FORCE_KILL_MS = 5_000;
 
-function stripFinalNewline(s: string): string {
+/** `s` without one final newline (what a program's output is taken as). */
+export function stripFinalNewline(s: string): string {
   return s.endsWith('\r\n') ? s.slice(0, -2) : s.endsWith('\n') ? s.slice(0, -1) : s;
 }
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { VircptError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
-import { runProgram } from '../run.js';
+import { runProgram, stripFinalNewline } from '../run.js';
 import { VirshSession } from './virsh-session.js';
 
 export interface VirshOptions {
@@ -68,6 +68,16 @@ export function libvirtWords(stderr: string): string {
     .join(': ');
 }
 
+/** A failure in libvirt's words, with our code for it. */
+function libvirtError(text: string, cause: unknown): VircptError {
+  const words = libvirtWords(text);
+  return new VircptError(classifyVirshError(words), words, { cause });
+}
+
+const timedOut = (args: string[], ms: number) => new VircptError('TIMEOUT', `virsh ${args[0]} timed out after ${ms} ms`);
+const cancelled = (args: string[], signal: AbortSignal | undefined) =>
+  new VircptError('ABORTED', `virsh ${args[0]} was cancelled`, { cause: signal?.reason });
+
 export class Virsh {
   readonly uri: string;
   readonly #timeoutMs: number;
@@ -116,7 +126,7 @@ export class Virsh {
 
   /** The session's answer; undefined when the shell failed (the caller runs a process instead). */
   async #inSession(args: string[], timeout: number, signal: AbortSignal | undefined) {
-    if (signal?.aborted) throw new VircptError('ABORTED', `virsh ${args[0]} was cancelled`, { cause: signal.reason });
+    if (signal?.aborted) throw cancelled(args, signal);
     const session = this.#session(this.#sessions!);
     try {
       const answer = await session.run(args, timeout);
@@ -128,7 +138,7 @@ export class Virsh {
       if (at >= 0) this.#sessions!.splice(at, 1);
       return undefined;
     } catch (err) {
-      if ((err as { timedOut?: boolean }).timedOut) throw new VircptError('TIMEOUT', `virsh ${args[0]} timed out after ${timeout} ms`);
+      if ((err as { timedOut?: boolean }).timedOut) throw timedOut(args, timeout);
       this.#log?.debug({ args, err: (err as Error).message }, 'virsh session failed; running a process');
       return undefined;
     }
@@ -142,9 +152,8 @@ export class Virsh {
       const answer = await this.#inSession(args, timeout, opts.signal);
       if (answer !== undefined) {
         this.#log?.debug({ args, ms: Math.round(performance.now() - started), ok: answer.ok, session: true }, 'virsh');
-        if (answer.ok) return answer.stdout.endsWith('\n') ? answer.stdout.slice(0, -1) : answer.stdout;
-        const words = libvirtWords(answer.stderr);
-        throw new VircptError(classifyVirshError(words), words, { cause: new Error(`virsh ${args.join(' ')} failed`) });
+        if (answer.ok) return stripFinalNewline(answer.stdout);
+        throw libvirtError(answer.stderr, new Error(`virsh ${args.join(' ')} failed`));
       }
     }
     const res = await runProgram('virsh', ['-q', '-c', this.uri, ...args], {
@@ -155,17 +164,13 @@ export class Virsh {
     });
     this.#log?.debug({ args, ms: Math.round(performance.now() - started), exit: res.exitCode ?? res.killedBy }, 'virsh');
     if (res.exitCode === 0) return res.stdout;
-    if (res.timedOut) {
-      throw new VircptError('TIMEOUT', `virsh ${args[0]} timed out after ${timeout} ms`);
-    }
-    if (res.aborted) throw new VircptError('ABORTED', `virsh ${args[0]} was cancelled`, { cause: opts.signal?.reason });
+    if (res.timedOut) throw timedOut(args, timeout);
+    if (res.aborted) throw cancelled(args, opts.signal);
     if (res.error?.code === 'ENOENT') {
       throw new VircptError('LIBVIRT', 'virsh not found: install the Debian package libvirt-clients', { cause: res.error });
     }
     const ended = res.exitCode !== null ? `exit code ${res.exitCode}` : `killed by ${res.killedBy ?? 'an error'}`;
-    const words = libvirtWords(res.stderr || res.error?.message || `virsh ${args[0]} failed (${ended})`);
-    throw new VircptError(classifyVirshError(words), words, {
-      cause: res.error ?? new Error(`virsh ${args.join(' ')}: ${ended}`),
-    });
+    throw libvirtError(res.stderr || res.error?.message || `virsh ${args[0]} failed (${ended})`,
+      res.error ?? new Error(`virsh ${args.join(' ')}: ${ended}`));
   }
 }
