@@ -103,7 +103,7 @@ up() {
   cat <<EOT
 
 The demo stays mounted at $MNT (log: /var/log/vircptfs-demo.log). Try:
-  cp --sparse=always $MNT/$DOM/$CPT/vdb.raw /tmp/vdb.raw
+  cp $MNT/$DOM/$CPT/vdb.raw /tmp/vdb.raw
   jq . $MNT/$DOM/$CPT/dirty-map.json
 Unmount (releases the export):   umount $MNT
 Remove everything:               bash scripts/demo.sh down

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # postinstall: apply patches/ (patch-package), then rebuild the @cocalc/fuse-native addon when
-# its build does not come from the patched fuse-native.c. npm builds the addon from the
-# unpatched source before the root postinstall runs, so without the rebuild the C fixes
-# (worker-thread handle recycling, loop-exit call, per-open FOPEN_* flags) would be missing.
+# its build does not come from the patched sources. npm builds the addon from the unpatched
+# source (against libfuse 2) before the root postinstall runs; the patch moves it to libfuse 3
+# (1 MiB requests, lseek) and adds the C fixes (worker-thread handle recycling, loop-exit call,
+# per-open FOPEN_* flags, SEEK_DATA/SEEK_HOLE), so without the rebuild all of that is missing.
 # Idempotent: a second run checks a stamp and exits.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -13,7 +14,7 @@ npx --no-install patch-package --error-on-fail
 
 pkg_dir=$(dirname "$(node -p "require.resolve('@cocalc/fuse-native/package.json')")")
 stamp="$pkg_dir/build/Release/vircpt-source.sha256"
-want=$(sha256sum "$pkg_dir/fuse-native.c" | cut -d' ' -f1)
+want=$(cat "$pkg_dir/fuse-native.c" "$pkg_dir/binding.gyp" | sha256sum | cut -d' ' -f1)
 
 if [ -f "$pkg_dir/build/Release/fuse.node" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
@@ -42,6 +43,6 @@ log "rebuilding $pkg_dir after patching"
 )
 
 native=$(node -p "require('@cocalc/fuse-native').VIRCPT_PATCH?.native ?? 0")
-[ "$native" -ge 1 ] || { echo "patch-fuse.sh: the rebuilt addon lacks the patch" >&2; exit 1; }
+[ "$native" -ge 2 ] || { echo "patch-fuse.sh: the rebuilt addon lacks the patch (libfuse 3 build)" >&2; exit 1; }
 echo "$want" >"$stamp"
 log "patched addon built"

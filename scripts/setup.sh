@@ -11,7 +11,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Debian packages (LAB.md). Checked one by one: a machine that has some of them hides a missing one.
 pkgs=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
-      libnbd-bin nbdkit fuse3 libfuse2 libfuse-dev pkg-config e2fsprogs fdisk clamav
+      libnbd-bin nbdkit fuse3 libfuse3-dev libfuse2 libfuse-dev pkg-config e2fsprogs fdisk clamav
       rsync jq util-linux procps psmisc python3 make g++ time)
 missing=()
 for p in "${pkgs[@]}"; do

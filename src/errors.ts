@@ -28,6 +28,8 @@ export type ErrorCode =
   | 'BUSY'
   | 'READ_ONLY'
   | 'INVALID'
+  /** lseek SEEK_DATA/SEEK_HOLE: no data after the offset, or the offset is past the end. */
+  | 'NO_DATA'
   | 'IO';
 
 export class VircptError extends Error {

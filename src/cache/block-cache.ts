@@ -147,6 +147,12 @@ export class BlockCache {
     return end - offset;
   }
 
+  /** The ranges of `source` known to read as zeros (loaded once per source; empty when
+   *  base:allocation could not be had). */
+  async zeroMap(source: BlockSource): Promise<ZeroMap> {
+    return this.#state(source).zeros;
+  }
+
   /**
    * Starts fetching the blocks of [offset, end) that are neither cached, in flight nor zeros,
    * as few source reads as batching allows. Resolves when they settle; never rejects (a

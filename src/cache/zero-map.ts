@@ -40,21 +40,48 @@ export class ZeroMap {
 
   /** True when every byte of [start, end) lies in one zero extent. */
   covers(start: number, end: number): boolean {
+    const e = this.#extents[this.#lastAtOrBefore(start)];
+    return e !== undefined && end <= e.offset + e.length;
+  }
+
+  /**
+   * lseek(2) SEEK_DATA over a source of `size` bytes whose zero extents count as holes: the
+   * first offset at or after `offset` outside them, or -1 (ENXIO) when there is none.
+   */
+  nextData(offset: number, size: number): number {
+    if (offset >= size) return -1;
+    const e = this.#extents[this.#lastAtOrBefore(offset)];
+    // Extents are merged, so the end of the one holding `offset` is data (or the end).
+    const at = e !== undefined && offset < e.offset + e.length ? e.offset + e.length : offset;
+    return at < size ? at : -1;
+  }
+
+  /** lseek(2) SEEK_HOLE: the first offset at or after `offset` in a zero extent, or `size`
+   *  (the end of a file counts as a hole); -1 (ENXIO) when `offset` is past the end. */
+  nextHole(offset: number, size: number): number {
+    if (offset >= size) return -1;
+    const i = this.#lastAtOrBefore(offset);
+    const e = this.#extents[i];
+    if (e !== undefined && offset < e.offset + e.length) return offset;
+    const next = this.#extents[i + 1];
+    return next !== undefined ? Math.min(next.offset, size) : size;
+  }
+
+  /** Index of the last extent that starts at or before `at` (-1 when none does). */
+  #lastAtOrBefore(at: number): number {
     const list = this.#extents;
     let lo = 0;
     let hi = list.length - 1;
-    let found = -1; // the last extent that starts at or before `start`
+    let found = -1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
-      if (list[mid]!.offset <= start) {
+      if (list[mid]!.offset <= at) {
         found = mid;
         lo = mid + 1;
       } else {
         hi = mid - 1;
       }
     }
-    if (found < 0) return false;
-    const e = list[found]!;
-    return end <= e.offset + e.length;
+    return found;
   }
 }

@@ -4,6 +4,7 @@ import { VircptError, type ErrorCode } from '../errors.js';
 
 export const ENOENT = 2;
 export const EIO = 5;
+export const ENXIO = 6;
 export const EBADF = 9;
 export const EACCES = 13;
 export const EBUSY = 16;
@@ -22,6 +23,7 @@ const BY_CODE: Partial<Record<ErrorCode, number>> = {
   FOREIGN_JOB: EBUSY,
   READ_ONLY: EROFS,
   INVALID: EINVAL,
+  NO_DATA: ENXIO,
 };
 
 /** A positive errno for any rejection. */

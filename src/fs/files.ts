@@ -2,7 +2,7 @@
 // (never starting an export), opens that lease the domain's export, reads through the block
 // cache, and dirty maps generated at open.
 import { constants as C } from 'node:fs';
-import type { BlockCache, Reader } from '../cache/index.js';
+import { ZeroMap, type BlockCache, type Reader } from '../cache/index.js';
 import { VircptError } from '../errors.js';
 import { renderDirtyMap } from '../exports/dirty-map.js';
 import type { ExportManager, Lease } from '../exports/manager.js';
@@ -15,6 +15,9 @@ import { DIRTY_MAP, diskFileName, parsePath } from './tree.js';
 const DIR_MODE = C.S_IFDIR | 0o555;
 const FILE_MODE = C.S_IFREG | 0o444;
 const MAX_HANDLES = 0xffff_ffff;
+/** lseek(2) whences the kernel passes on (linux/fs.h); it answers SEEK_SET/CUR/END itself. */
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
 
 type Handle =
   | { kind: 'disk'; lease: Lease; disk: NbdDisk; reader: Reader }
@@ -166,6 +169,29 @@ export class Files implements FuseOperations {
     // those the block cache could answer, until the file is opened again on a new export.
     if (h.disk.dead) throw new VircptError('NBD_CLOSED', `${path}: the export of this file went away; open it again`);
     return h.reader.read(position, length, buf);
+  }
+
+  /**
+   * SEEK_DATA / SEEK_HOLE: a disk file's holes are the ranges base:allocation says read as
+   * zeros (the block cache's zero map, asked once per export), so `cp`, `qemu-img convert` and
+   * `tar --sparse` skip them without reading; a dirty map is all data.
+   */
+  async lseek(path: string, fh: number, offset: number, whence: number): Promise<number> {
+    const h = this.#handles.get(fh);
+    if (!h) throw new VircptError('NBD_CLOSED', `${path}: released (the filesystem is unmounting)`);
+    if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw new VircptError('INVALID', `${path}: lseek whence ${whence}`);
+    let size: number;
+    let zeros = ZeroMap.EMPTY;
+    if (h.kind === 'map') {
+      size = h.data.length;
+    } else {
+      if (h.disk.dead) throw new VircptError('NBD_CLOSED', `${path}: the export of this file went away; open it again`);
+      size = h.disk.size;
+      zeros = await this.#o.cache.zeroMap(h.disk);
+    }
+    const at = whence === SEEK_DATA ? zeros.nextData(offset, size) : zeros.nextHole(offset, size);
+    if (at < 0) throw new VircptError('NO_DATA', `${path}: no ${whence === SEEK_DATA ? 'data' : 'hole'} at or after ${offset}`);
+    return at;
   }
 
   async release(_path: string, fh: number): Promise<void> {

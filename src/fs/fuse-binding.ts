@@ -45,6 +45,9 @@ export interface FuseOperations {
   release?(path: string, fh: number): Promise<void>;
   readlink?(path: string): Promise<string>;
   statfs?(path: string): Promise<FuseStatfs>;
+  /** SEEK_DATA or SEEK_HOLE (the kernel answers the other whences itself): the new offset;
+   *  reject with ENXIO past the end, or when SEEK_DATA finds no data after `offset`. */
+  lseek?(path: string, fh: number, offset: number, whence: number): Promise<number>;
 }
 
 export interface FuseMountOptions {
@@ -55,7 +58,7 @@ export interface FuseMountOptions {
   attrTimeout?: number; entryTimeout?: number;
   /** Owner of every file (libfuse's uid=/gid=; 0 is kept, unlike the binding's own options). */
   uid?: number; gid?: number;
-  /** Further -o options of libfuse 2 (`max_readahead=1048576`, `max_background=64`). */
+  /** Further -o options of libfuse 3 (`max_readahead=1048576`, `max_background=64`). */
   extraOptions?: readonly string[];
   /** A rejection of an operation -> positive errno; EIO when it throws or gives no errno. */
   toErrno?: (err: unknown) => number;
@@ -86,34 +89,37 @@ const { EIO } = constants.errno;
 const BINDING_STRING_MAX = 1023;
 const MOUNTINFO_POLL_MS = 500;
 
-/** The -o options of libfuse 2.9 (mount.c, fuse_lowlevel.c, fuse.c), each tried here on a real
- *  mount; any other mounts and then fails in fuse_new. Left out: fd, rootmode, user_id, group_id
- *  (libfuse sets them), modules and subdir (a missing module fails the same way), blkdev,
- *  large_read and blksize (the kernel refuses them for fuse), SELinux contexts. */
-const LIBFUSE2_FLAGS = new Set(('allow_other allow_root auto_unmount nonempty default_permissions ' +
+/** The -o options of libfuse 3.14 (mount.c, fuse_lowlevel.c, fuse.c, helper.c's connection
+ *  options, which the patched core applies in init), each tried here on a real mount. libfuse 3
+ *  refuses any other before mounting; checking first gives a one-line error naming it. Gone
+ *  since libfuse 2: nonempty (always allowed), big_writes, and what libfuse 3 leaves to the file
+ *  system's init (use_ino, readdir_ino, direct_io, hard_remove, nopath, intr). Left out: fd,
+ *  rootmode, user_id, group_id (libfuse sets them), modules and subdir (a missing module fails
+ *  late), blkdev (the kernel refuses it for fuse), SELinux contexts. */
+const LIBFUSE_FLAGS = new Set(('allow_other allow_root auto_unmount default_permissions ' +
   'ro rw suid nosuid dev nodev exec noexec async sync atime noatime dirsync debug async_read ' +
-  'sync_read atomic_o_trunc no_remote_lock no_remote_flock no_remote_posix_lock big_writes ' +
-  'splice_move splice_read splice_write no_splice_move no_splice_read no_splice_write hard_remove ' +
-  'use_ino readdir_ino direct_io kernel_cache auto_cache noauto_cache noforget nopath intr').split(' '));
+  'sync_read atomic_o_trunc no_remote_lock no_remote_flock no_remote_posix_lock ' +
+  'splice_move splice_read splice_write no_splice_move no_splice_read no_splice_write ' +
+  'kernel_cache auto_cache noauto_cache noforget writeback_cache no_writeback_cache').split(' '));
 const UINT = /^\d{1,10}$/; // %u; bounded below
 const SECONDS = /^\d{1,9}(\.\d{1,9})?$/; // %lf
 const NAME = /^(?:(?![,\\])[!-~]){1,255}$/; // printable ASCII but ',' (the separator) and '\\'
-const LIBFUSE2_VALUED: Readonly<Record<string, RegExp>> = {
+const LIBFUSE_VALUED: Readonly<Record<string, RegExp>> = {
   max_read: UINT, max_write: UINT, max_readahead: UINT, max_background: UINT, congestion_threshold: UINT,
-  remember: UINT, uid: UINT, gid: UINT, intr_signal: UINT, umask: /^[0-7]{1,4}$/,
+  remember: UINT, uid: UINT, gid: UINT, time_gran: UINT, umask: /^[0-7]{1,4}$/,
   entry_timeout: SECONDS, negative_timeout: SECONDS, attr_timeout: SECONDS, ac_attr_timeout: SECONDS,
   fsname: NAME, subtype: NAME,
 };
 
 function checkOption(option: string): void {
   const [name = '', value] = option.split(/=(.*)/s);
-  const pattern = Object.hasOwn(LIBFUSE2_VALUED, name) ? LIBFUSE2_VALUED[name] : undefined;
-  const ok = value === undefined ? LIBFUSE2_FLAGS.has(name)
+  const pattern = Object.hasOwn(LIBFUSE_VALUED, name) ? LIBFUSE_VALUED[name] : undefined;
+  const ok = value === undefined ? LIBFUSE_FLAGS.has(name)
     : pattern !== undefined && pattern.test(value) && (pattern !== UINT || Number(value) <= 0xffffffff);
-  if (!ok) throw new VircptError('INVALID', `FUSE option not accepted by libfuse 2: ${option}`);
+  if (!ok) throw new VircptError('INVALID', `FUSE option not accepted by libfuse 3: ${option}`);
 }
 
-/** The -o list the options give, each checked against what libfuse 2 accepts. */
+/** The -o list the options give, each checked against what libfuse 3 accepts. */
 export function fuseOptionList(o: FuseMountOptions): string[] {
   const named: Array<[unknown, string]> = [
     [o.allowOther, 'allow_other'], [o.defaultPermissions, 'default_permissions'],
@@ -180,7 +186,7 @@ function loadBinding(): RawFuseClass {
   try {
     Fuse = createRequire(import.meta.url)('@cocalc/fuse-native') as RawFuseClass;
   } catch (err) {
-    throw new VircptError('UNSUPPORTED', `cannot load @cocalc/fuse-native: ${messageOf(err)} (Debian: libfuse2 fuse3)`, { cause: err });
+    throw new VircptError('UNSUPPORTED', `cannot load @cocalc/fuse-native: ${messageOf(err)} (Debian: fuse3 libfuse3-3)`, { cause: err });
   }
   if (!Fuse.VIRCPT_PATCH) {
     throw new VircptError('UNSUPPORTED', '@cocalc/fuse-native is not patched: run npm ci (postinstall: scripts/patch-fuse.sh)');
@@ -227,7 +233,7 @@ function rawOperations(ops: FuseOperations, o: FuseMountOptions, Fuse: RawFuseCl
   const raw: Record<string, (...args: never[]) => void> = {
     getattr: (path: string, cb: RawCb) => answer(cb, o, () => ops.getattr(path), (s) => [0, toRawStat(s)]),
   };
-  const { readdir, open, read, release, readlink, statfs } = ops;
+  const { readdir, open, read, release, readlink, statfs, lseek } = ops;
   if (readdir) raw.readdir = (path: string, cb: RawCb) => answer(cb, o, () => readdir.call(ops, path), (names) => [0, [...names]]);
   if (open) {
     raw.open = (path: string, flags: number, cb: RawCb) => answer(cb, o, () => open.call(ops, path, flags), (r) => {
@@ -251,6 +257,13 @@ function rawOperations(ops: FuseOperations, o: FuseMountOptions, Fuse: RawFuseCl
   }
   if (readlink) raw.readlink = (path: string, cb: RawCb) => answer(cb, o, () => readlink.call(ops, path), (t) => [0, t]);
   if (statfs) raw.statfs = (path: string, cb: RawCb) => answer(cb, o, () => statfs.call(ops, path), (s) => [0, s]);
+  if (lseek) {
+    raw.lseek = (path: string, fh: number, offset: number, whence: number, cb: RawCb) =>
+      answer(cb, o, () => lseek.call(ops, path, fh, offset, whence), (pos) => {
+        if (!Number.isSafeInteger(pos) || pos < 0) throw new RangeError(`lseek returned ${pos}`);
+        return [0, pos];
+      });
+  }
   return raw;
 }
 

@@ -31,7 +31,7 @@ export interface RunningFs {
 export async function startFilesystem(o: FsOptions & { uri: string }, dirs: RuntimeDirs, log: Logger): Promise<RunningFs> {
   const { recovered } = await prepareMountpoint(o.mountpoint);
   if (recovered) log.warn(`${o.mountpoint} held a dead mount (its daemon was killed); detached it`);
-  // libfuse 2 refuses a non-empty mountpoint only after printing lines of its own: say it once, first.
+  // A mount over files would hide them: refused (libfuse 3 allows it, libfuse 2 did not).
   if ((await readdir(o.mountpoint).catch(() => [])).length > 0) {
     throw new VircptError('USAGE', `mountpoint ${o.mountpoint} is not empty`);
   }
@@ -68,7 +68,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
       fsname: o.uri, subtype: 'vircptfs', readOnly: true, allowOther: o.allowOther,
       defaultPermissions: o.defaultPermissions, attrTimeout: 1, entryTimeout: 1,
       toErrno: (err) => {
-        if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY'].includes(err.code)) logOnce(messageOf(err));
+        if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY', 'NO_DATA'].includes(err.code)) logOnce(messageOf(err));
         return toErrno(err);
       },
     });

@@ -31,3 +31,20 @@ test('malformed extents are ignored', () => {
   assert.deepEqual(map.extents, []);
   assert.equal(map.covers(0, 1), false);
 });
+
+test('nextData()/nextHole() agree with lseek semantics over a byte map', () => {
+  const next = rng(99);
+  for (let round = 0; round < 50; round++) {
+    const size = 1 + next(300);
+    const extents: Extent[] = Array.from({ length: next(6) }, () => ({ offset: next(size + 20) - 10, length: next(60) }));
+    const zero = new Uint8Array(size);
+    for (const e of extents) for (let i = Math.max(0, e.offset); i < Math.min(size, e.offset + e.length); i++) zero[i] = 1;
+    const map = ZeroMap.from(extents, size);
+    for (let off = 0; off <= size + 2; off++) {
+      const data = off >= size ? -1 : zero.indexOf(0, off);
+      const hole = off >= size ? -1 : zero.indexOf(1, off);
+      assert.equal(map.nextData(off, size), data, `SEEK_DATA ${off} in ${JSON.stringify(map.extents)} of ${size}`);
+      assert.equal(map.nextHole(off, size), hole < 0 && off < size ? size : hole, `SEEK_HOLE ${off} in ${JSON.stringify(map.extents)} of ${size}`);
+    }
+  }
+});

@@ -165,7 +165,7 @@ test('open returning direct_io lets cat read a file whose getattr size is 0 comp
   assert.equal((await cat('cached.json')).stdout.length, 0);
 });
 
-test('options reach the mount; options libfuse 2 would leave dead are refused first', async (t) => {
+test('options reach the mount; options libfuse 3 does not take are refused before mounting', async (t) => {
   const ops = patternFs(MIB, async () => {});
   const owned: FuseOperations = { ...ops, getattr: async (p) => ({ ...(await ops.getattr(p)), uid: 4242, gid: 4242 }) };
   const fsname = 'qemu+ssh://root@host/system?keyfile=/k&no_verify=1';

@@ -86,7 +86,7 @@ describe('README recipe: incremental backup', () => {
     const sinceC1 = await write([[12 * MiB, 64 * KiB, 0x12]]); // between c1 and the full copy: in both
     await bashOk(`mkdir -p ${path.dirname(copy)}\n` + [
       readmeLine('M=/mnt/vircptfs-demo/vircptfs-demo/demo-1', names(['c1'])),
-      readmeLine('cp --sparse=always $M/sda.raw /backup/sda.raw', names(['c1'])),
+      readmeLine('cp $M/sda.raw /backup/sda.raw', names(['c1'])),
     ].join('\n'), { bin });
     await waitReleased(vm); // idle=1: the full copy's export is gone; later writes are not in it
     sinceC1.push(...await write([
