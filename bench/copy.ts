@@ -1,8 +1,10 @@
 // node dist/bench/copy.js: `vircpt copy` against `nbdcopy URI file` on one libvirt pull-mode
 // export of a lab VM (4 GiB disk, 1.5 GiB data), in the same run: MB/s (disk size / wall time),
 // the ratio ours/nbdcopy (pair by pair), CPU seconds per GiB of data, and each process's peak RSS. Both write a
-// sparse raw file on the same filesystem, removed after each run. Removes all it made.
+// sparse raw file on the same filesystem, removed after each run, with a `sync` before each run
+// (see settle()). Prints each pair and the load average: the machine may be shared. Removes all it made.
 import { mkdtemp, rm, statfs } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { Lab } from '../test/lab/lab.js';
@@ -25,6 +27,17 @@ async function timed(cmd: string, args: string[]): Promise<Sample> {
   const m = /TIME (\S+) (\S+) (\S+) (\d+)/.exec(String(r.stderr));
   if (!m) throw new Error(`no timing from ${cmd}: ${r.stderr}`);
   return { seconds: Number(m[1]), cpu: Number(m[2]) + Number(m[3]), rssMiB: Number(m[4]) / 1024 };
+}
+
+/**
+ * Before each timed run: `sync`, untimed, so that no run pays for writing back what an earlier
+ * one (of either program) left dirty, nor for the journal commit of removing its file. nbdcopy
+ * writes back and evicts as it goes, up to its last few windows; a copy through the page cache
+ * would leave its whole output dirty. (Each output is removed right after its run, so dirty
+ * pages of a removed file are mostly dropped unwritten; the sync takes what is left.)
+ */
+async function settle(): Promise<void> {
+  await execa('sync');
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -57,17 +70,20 @@ async function main(): Promise<void> {
     const out = path.join(work, 'out');
     const runs = {
       nbdcopy: async () => {
+        await settle();
         rows.nbdcopy!.push(await timed('nbdcopy', [uri, `${out}.raw`]));
         await rm(`${out}.raw`, { force: true });
       },
       // vircpt copy reads through the running export (and leaves it running).
       ours: async () => {
+        await settle();
         rows.ours!.push(await timed(process.execPath, [...NODE_FLAGS, VIRCPT, '-d', vm.name, 'copy', '--name', 'c0', '--out', out]));
         await rm(out, { recursive: true, force: true });
       },
     };
     // In pairs, each other run first: the machine's drift (other load, page cache, writeback)
     // hits both of a pair alike, and the ratio is taken pair by pair.
+    const load0 = loadavg()[0]!;
     for (let i = 0; i < RUNS; i++) {
       if (i % 2 === 0) { await runs.nbdcopy(); await runs.ours(); } else { await runs.ours(); await runs.nbdcopy(); }
     }
@@ -83,6 +99,8 @@ async function main(): Promise<void> {
     }
     const pairs = rows.ours!.map((s, i) => rows.nbdcopy![i]!.seconds / s.seconds);
     const ratio = median(pairs);
+    console.log(`pairs nbdcopy s / vircpt copy s: ${pairs.map((r, i) => `${rows.nbdcopy![i]!.seconds}/${rows.ours![i]!.seconds}=${r.toFixed(2)}`).join(' ')}`);
+    console.log(`load average (1 min) before ${load0.toFixed(2)}, after ${loadavg()[0]!.toFixed(2)} (${cpus().length} CPUs)`);
     console.log(`ratio vircpt copy / nbdcopy (speed, median of ${RUNS} pairs; min ${Math.min(...pairs).toFixed(2)}, max ${Math.max(...pairs).toFixed(2)}): ` +
       `${ratio.toFixed(2)}  (target >= 1.0: ${ratio >= 1 ? 'met' : 'not met'})`);
   } finally {
