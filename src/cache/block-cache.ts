@@ -70,10 +70,12 @@ export class BlockCache {
   #prefetchBytes = 0;
   /**
    * Read-ahead in flight is memory the LRU does not count yet: an eighth of the cache (32 MiB of
-   * the default 256 MiB, two 16 MiB windows) keeps the resident set near the cache size; a small
-   * cache may still fetch up to 8 blocks, at most half of it.
+   * the default 256 MiB, two 16 MiB windows); a small cache may still fetch up to 8 blocks, at
+   * most half of it.
    */
   readonly #prefetchLimit: number;
+  /** What the LRU may store: maxBytes less read-ahead in flight and pooled buffers (below). */
+  readonly #storeBytes: number;
 
   constructor(opts: BlockCacheOptions = {}) {
     this.blockSize = positiveInteger('blockSize', opts.blockSize ?? DEFAULT_BLOCK_SIZE);
@@ -85,9 +87,15 @@ export class BlockCache {
     const poolBytes = opts.poolBytes ?? Math.floor(Math.min(DEFAULT_MAX_POOL, this.maxBytes / 4));
     if (poolBytes !== 0) positiveInteger('poolBytes', poolBytes);
     this.#pool = new BufferPool(this.blockSize, poolBytes);
+    // maxBytes bounds every block buffer the cache holds: stored, fetched ahead, or waiting in
+    // the pool (`-o cache=256M` is 192 MiB stored + 32 in flight + 32 pooled at most), so the
+    // process's resident set is the cache size plus Node's own. A cache too small to split so
+    // (the tests' few-block caches) stores maxBytes and keeps the rest on top.
+    const aside = this.#prefetchLimit + poolBytes;
+    this.#storeBytes = aside <= this.maxBytes / 2 ? this.maxBytes - aside : this.maxBytes;
     this.#readahead = opts.readahead ?? {};
     this.#lru = new LRUCache<string, Block, FetchContext>({
-      maxSize: this.maxBytes,
+      maxSize: this.#storeBytes,
       maxEntrySize: this.blockSize,
       sizeCalculation: (block) => block.data.length,
       fetchMethod: (_key, _stale, { context }) => this.#startFetch(context),

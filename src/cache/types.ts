@@ -75,7 +75,8 @@ export interface BlockCacheOptions {
   blockSize?: number;
   /**
    * Bytes of evicted blocks' buffers kept for new fetches (default: a quarter of maxBytes, at
-   * most 32 MiB; 0: every fetch allocates). Memory on top of maxBytes.
+   * most 32 MiB; 0: every fetch allocates). Part of maxBytes, like read-ahead in flight, unless
+   * the two would take more than half of it (then on top).
    */
   poolBytes?: number;
   readahead?: ReadaheadOptions;
