@@ -20,7 +20,7 @@ import { endChild, once, startChild, unmountFuse, waitFor, type Subject } from '
 import { FILE_NAME, FILE_SIZE, fillPattern } from './fuse-floor-fs.js';
 
 const KiB = 1024;
-const CHUNK = 128 * KiB; // libfuse 2's request size (FUSE.md): the unit of the per-request figures
+const CHUNK = 128 * KiB; // the unit of the per-request figures: libfuse 2's request size (libfuse 3 sends up to 1 MiB; the reqs column shows what came)
 const CHUNKS = FILE_SIZE / CHUNK;
 const TESTS: readonly TestName[] = ['dd', 'cat', 'parallel'];
 const READY_TIMEOUT_MS = 30_000;

@@ -10,7 +10,9 @@ import type { BlockSource, ReadaheadOptions } from './types.js';
 const MiB = 1024 * 1024;
 export const DEFAULT_READAHEAD_MIN = 2 * MiB;
 export const DEFAULT_READAHEAD_MAX = 16 * MiB;
-export const DEFAULT_REORDER_SLACK = 512 * 1024;
+/** Two of libfuse 3's 1 MiB requests may reach JS in either order (each worker thread wakes
+ *  the loop through its own handle, and libuv runs ready handles in its own order). */
+export const DEFAULT_REORDER_SLACK = 2 * MiB;
 
 export interface ReaderConfig {
   blockSize: number;

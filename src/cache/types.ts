@@ -62,8 +62,8 @@ export interface ReadaheadOptions {
   /** The largest window (default 16 MiB; never more than a quarter of the cache). */
   maxWindow?: number;
   /**
-   * How far from the expected offset a read still counts as sequential (default 512 KiB):
-   * libfuse's worker threads can hand two 128 KiB reads to JS in either order.
+   * How far from the expected offset a read still counts as sequential (default 2 MiB):
+   * libfuse's worker threads can hand two 1 MiB reads to JS in either order.
    */
   reorderSlack?: number;
 }
