@@ -157,17 +157,23 @@ export class Files implements FuseOperations {
     return fh;
   }
 
-  async read(path: string, fh: number, buf: Buffer, length: number, position: number): Promise<number> {
+  /** The open file `fh`, if it can still be read. */
+  #live(path: string, fh: number): Handle {
     const h = this.#handles.get(fh);
     // Only releaseAll (unmount) drops a handle the kernel still holds: its export is gone.
     if (!h) throw new VircptError('NBD_CLOSED', `${path}: released (the filesystem is unmounting)`);
+    // DESIGN.md: once the export went away (VM destroyed, job aborted) every read fails, also
+    // those the block cache could answer, until the file is opened again on a new export.
+    if (h.kind === 'disk' && h.disk.dead) throw new VircptError('NBD_CLOSED', `${path}: the export of this file went away; open it again`);
+    return h;
+  }
+
+  async read(path: string, fh: number, buf: Buffer, length: number, position: number): Promise<number> {
+    const h = this.#live(path, fh);
     if (h.kind === 'map') {
       if (position >= h.data.length) return 0;
       return h.data.copy(buf, 0, position, Math.min(h.data.length, position + length));
     }
-    // DESIGN.md: once the export went away (VM destroyed, job aborted) every read fails, also
-    // those the block cache could answer, until the file is opened again on a new export.
-    if (h.disk.dead) throw new VircptError('NBD_CLOSED', `${path}: the export of this file went away; open it again`);
     return h.reader.read(position, length, buf);
   }
 
@@ -177,18 +183,10 @@ export class Files implements FuseOperations {
    * `tar --sparse` skip them without reading; a dirty map is all data.
    */
   async lseek(path: string, fh: number, offset: number, whence: number): Promise<number> {
-    const h = this.#handles.get(fh);
-    if (!h) throw new VircptError('NBD_CLOSED', `${path}: released (the filesystem is unmounting)`);
+    const h = this.#live(path, fh);
     if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw new VircptError('INVALID', `${path}: lseek whence ${whence}`);
-    let size: number;
-    let zeros = ZeroMap.EMPTY;
-    if (h.kind === 'map') {
-      size = h.data.length;
-    } else {
-      if (h.disk.dead) throw new VircptError('NBD_CLOSED', `${path}: the export of this file went away; open it again`);
-      size = h.disk.size;
-      zeros = await this.#o.cache.zeroMap(h.disk);
-    }
+    const size = h.kind === 'map' ? h.data.length : h.disk.size;
+    const zeros = h.kind === 'map' ? ZeroMap.EMPTY : await this.#o.cache.zeroMap(h.disk);
     const at = whence === SEEK_DATA ? zeros.nextData(offset, size) : zeros.nextHole(offset, size);
     if (at < 0) throw new VircptError('NO_DATA', `${path}: no ${whence === SEEK_DATA ? 'data' : 'hole'} at or after ${offset}`);
     return at;

@@ -4,14 +4,20 @@ import { test } from 'node:test';
 import { ZeroMap, type Extent } from '../../src/cache/index.js';
 import { rng } from './helpers.js';
 
+/** Random, overlapping, unsorted extents over [0, size) (some reaching outside it), the ZeroMap
+ *  made of them, and a byte-per-byte model: zero[i] is 1 where byte i lies in an extent. */
+function randomCase(next: (n: number) => number, maxSize: number, maxCount: number, margin: number, maxLength: number) {
+  const size = 1 + next(maxSize);
+  const extents: Extent[] = Array.from({ length: next(maxCount) }, () => ({ offset: next(size + 2 * margin) - margin, length: next(maxLength) }));
+  const zero = new Uint8Array(size);
+  for (const e of extents) for (let i = Math.max(0, e.offset); i < Math.min(size, e.offset + e.length); i++) zero[i] = 1;
+  return { size, extents, zero, map: ZeroMap.from(extents, size) };
+}
+
 test('covers() agrees with a byte map for random, overlapping, unsorted extents', () => {
   const next = rng(1234);
   for (let round = 0; round < 50; round++) {
-    const size = 1 + next(400);
-    const extents: Extent[] = Array.from({ length: next(8) }, () => ({ offset: next(size + 40) - 20, length: next(80) }));
-    const zero = new Uint8Array(size);
-    for (const e of extents) for (let i = Math.max(0, e.offset); i < Math.min(size, e.offset + e.length); i++) zero[i] = 1;
-    const map = ZeroMap.from(extents, size);
+    const { size, extents, zero, map } = randomCase(next, 400, 8, 20, 80);
     for (let q = 0; q < 200; q++) {
       const start = next(size);
       const end = start + 1 + next(size - start);
@@ -35,11 +41,7 @@ test('malformed extents are ignored', () => {
 test('nextData()/nextHole() agree with lseek semantics over a byte map', () => {
   const next = rng(99);
   for (let round = 0; round < 50; round++) {
-    const size = 1 + next(300);
-    const extents: Extent[] = Array.from({ length: next(6) }, () => ({ offset: next(size + 20) - 10, length: next(60) }));
-    const zero = new Uint8Array(size);
-    for (const e of extents) for (let i = Math.max(0, e.offset); i < Math.min(size, e.offset + e.length); i++) zero[i] = 1;
-    const map = ZeroMap.from(extents, size);
+    const { size, zero, map } = randomCase(next, 300, 6, 10, 60);
     for (let off = 0; off <= size + 2; off++) {
       const data = off >= size ? -1 : zero.indexOf(0, off);
       const hole = off >= size ? -1 : zero.indexOf(1, off);
