@@ -118,6 +118,7 @@ describe('vircptfs over a running and a shut-off domain', () => {
         assert.ok(st.isFile());
         assert.equal(st.size, d.size, `${vm.name}/${d.target}: size from libvirt`);
         assert.equal(st.mode & 0o777, 0o444);
+        assert.equal(st.blksize, 1024 * 1024, 'preferred I/O size: one cache block, so cat and cp read 1 MiB at a time');
       }
     }
     const ls = await run('ls', ['-lR', m.dir]);
