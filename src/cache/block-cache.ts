@@ -54,7 +54,7 @@ function newStats(): CacheStats {
   return {
     hits: 0, misses: 0, joins: 0, prefetchHits: 0, prefetchBlocks: 0, prefetchErrors: 0,
     sourceReads: 0, bytesFetched: 0, zeroBytes: 0, zeroMapErrors: 0,
-    buffersAllocated: 0, buffersReused: 0, pooledBytes: 0,
+    buffersAllocated: 0, buffersReused: 0, pooledBytes: 0, passedBlocks: 0,
   };
 }
 
@@ -182,6 +182,21 @@ export class BlockCache {
       pending.push(how === 'miss' ? this.#trackPrefetch(block) : block.then(() => {}, () => {}));
     }
     await Promise.all(pending);
+  }
+
+  /**
+   * Drops the stored blocks of `source` in [fromIndex, toIndex): a sequential reader has read
+   * through them (use-once, as the kernel treats read-ahead pages). Their buffers go to the
+   * pool for the next fetches, as for an eviction; blocks still in flight are left alone.
+   */
+  dropPassed(source: BlockSource, fromIndex: number, toIndex: number): void {
+    for (let index = fromIndex; index < toIndex; index++) {
+      const key = blockKey(source.id, index);
+      if (this.#lru.has(key, { updateAgeOnHas: false })) {
+        this.#lru.delete(key);
+        this.#stats.passedBlocks++;
+      }
+    }
   }
 
   /**

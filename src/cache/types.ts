@@ -54,6 +54,8 @@ export interface CacheStats {
   buffersReused: number;
   /** Bytes of evicted blocks' buffers held for reuse now (not part of the cache's size). */
   pooledBytes: number;
+  /** Blocks a sequential reader had read through, dropped before the LRU would (use-once). */
+  passedBlocks: number;
 }
 
 export interface ReadaheadOptions {
@@ -62,10 +64,16 @@ export interface ReadaheadOptions {
   /** The largest window (default 16 MiB; never more than a quarter of the cache). */
   maxWindow?: number;
   /**
-   * How far from the expected offset a read still counts as sequential (default 2 MiB):
-   * libfuse's worker threads can hand two 1 MiB reads to JS in either order.
+   * How far from the expected offset a read still counts as sequential (default 4 MiB):
+   * the kernel's read-ahead requests reach JS out of order (reader.ts has the figures).
    */
   reorderSlack?: number;
+  /**
+   * Drop the blocks a sequential reader has read through (default true): the kernel's page
+   * cache holds those pages already, and one file streamed end to end would otherwise push
+   * every other block out of the LRU (and touch the whole cache's memory).
+   */
+  dropPassed?: boolean;
 }
 
 export interface BlockCacheOptions {

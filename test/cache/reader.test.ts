@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { DEFAULT_REORDER_SLACK, type Reader } from '../../src/cache/index.js';
 import { isVircptError } from '../../src/errors.js';
 import { FaultySource, until } from './file-source.js';
-import { expected, KiB, MiB, rng, setup, type Setup } from './helpers.js';
+import { expected, KiB, MiB, readAt, rng, setup, type Setup } from './helpers.js';
 
 const PIECE = 128 * KiB; // libfuse 2's read size (FUSE.md)
 
@@ -162,4 +162,65 @@ test('several sequential readers share a small cache and each gets its bytes', a
   }));
   assert.ok(peak <= first.cache.maxBytes, `peak ${peak}`);
   assert.ok(first.cache.stats.prefetchHits > 0);
+});
+
+test('blocks a sequential reader has read through are dropped, so a stream keeps other readers\' blocks', async (t) => {
+  const size = 96 * MiB; // three times the cache
+  const s = await setup(t, size, { cache: { maxBytes: 32 * MiB } });
+  // Another disk's blocks, read at random first (a loop-mounted filesystem's metadata, say).
+  const other = await setup(t, 8 * MiB);
+  const hot = [1, 4, 7].map((i) => i * MiB + 4096);
+  for (const at of hot) assert.deepEqual(await readAt(s.cache, other.src, at, 4096), expected(other.file, at, 4096));
+  let peak = 0;
+  const timer = setInterval(() => (peak = Math.max(peak, s.cache.calculatedSize)), 1);
+  t.after(() => clearInterval(timer));
+  const reader = s.cache.reader(s.src);
+  await readSequential(s, reader, 0, size, true, MiB);
+  await reader.close();
+  clearInterval(timer);
+  const { stats } = s.cache;
+  t.diagnostic(`stream of 96 MiB through a 32 MiB cache: peak ${(peak / MiB).toFixed(0)} MiB stored; ${JSON.stringify(stats)}`);
+  assert.ok(stats.passedBlocks >= size / MiB - 4, `${stats.passedBlocks} blocks dropped as read through`);
+  assert.ok(peak <= 24 * MiB, `peak ${peak}: read-ahead windows and the slack, not the whole stream`);
+  assert.ok(stats.buffersAllocated <= 48, `${stats.buffersAllocated} buffers allocated for 96 blocks: the rest recycled`);
+  const otherReads = other.src.log.length;
+  for (const at of hot) assert.deepEqual(await readAt(s.cache, other.src, at, 4096), expected(other.file, at, 4096));
+  assert.equal(other.src.log.length, otherReads, 'the other disk\'s blocks are still cached');
+  // The stream's last blocks, inside the reorder slack, are kept too.
+  const streamReads = s.src.log.length;
+  assert.deepEqual(await readAt(s.cache, s.src, size - 4096, 4096), expected(s.file, size - 4096, 4096));
+  assert.equal(s.src.log.length, streamReads, 'the tail of the stream is still cached');
+});
+
+test('with dropPassed off, a sequential reader leaves its blocks to the LRU', async (t) => {
+  const size = 16 * MiB;
+  const s = await setup(t, size, { cache: { maxBytes: 64 * MiB, readahead: { dropPassed: false } } });
+  const reader = s.cache.reader(s.src);
+  await readSequential(s, reader, 0, size, false, MiB);
+  await reader.close();
+  assert.equal(s.cache.stats.passedBlocks, 0);
+  assert.equal(s.cache.calculatedSize, size, 'the whole file stays cached');
+  const reads = s.src.log.length;
+  assert.deepEqual(await readAt(s.cache, s.src, 3 * MiB, MiB), expected(s.file, 3 * MiB, MiB));
+  assert.equal(s.src.log.length, reads, 'served from the cache');
+});
+
+test('reads up to 3 MiB out of order (cat\'s doubled kernel read-ahead) stay one sequential stream', async (t) => {
+  const size = 64 * MiB;
+  const s = await setup(t, size);
+  const reader = s.cache.reader(s.src);
+  t.after(() => reader.close());
+  const windows: number[] = [];
+  for (let o = 0; o < size; o += 4 * MiB) {
+    // Four 1 MiB requests of one read-ahead batch, reaching JS last first.
+    const bufs = [0, 1, 2, 3].map(() => Buffer.alloc(MiB));
+    const reads = [3, 1, 2, 0].map((i) => reader.read(o + i * MiB, MiB, bufs[i]!));
+    await Promise.all(reads);
+    assert.deepEqual(Buffer.concat(bufs), expected(s.file, o, 4 * MiB));
+    windows.push(reader.window);
+  }
+  await reader.close();
+  assert.ok(windows.slice(1).every((w) => w > 0), `read-ahead never reset: ${windows.map((w) => w / MiB).join(' ')}`);
+  assert.equal(Math.max(...windows), 16 * MiB);
+  assert.ok(s.cache.stats.passedBlocks >= size / MiB - 8, `${s.cache.stats.passedBlocks} blocks dropped as read through`);
 });
