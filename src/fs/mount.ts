@@ -2,7 +2,7 @@
 // the export manager and the block cache, mounted read-only through the FUSE binding.
 import { readdir } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BlockCache } from '../cache/index.js';
+import { BlockCache, DEFAULT_REORDER_SLACK } from '../cache/index.js';
 import { VircptError, messageOf } from '../errors.js';
 import { cleanupStale } from '../exports/discover.js';
 import { ExportManager } from '../exports/manager.js';
@@ -48,7 +48,10 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   const manager = new ExportManager({
     virsh, instance, log: log.child({ c: 'exports' }), idleMs: o.idleSeconds * 1000, scratchRoot: o.scratch, freeze: o.freeze,
   });
-  const cache = new BlockCache({ maxBytes: o.cacheBytes });
+  // The kernel's read-ahead requests reach us out of order by up to about three times its
+  // window (reader.ts); a larger readahead= needs a larger slack to stay one stream.
+  const reorderSlack = Math.max(DEFAULT_REORDER_SLACK, 4 * o.readaheadKb * 1024);
+  const cache = new BlockCache({ maxBytes: o.cacheBytes, readahead: { reorderSlack } });
   const files = new Files({
     catalog: new Catalog(virsh, { domains: o.domains }), manager, cache, log,
     uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, mountedAt: new Date(),
