@@ -294,7 +294,8 @@ export class BlockCache {
 
   /** lru-cache's fetchMethod (called synchronously by fetch()): starts the source read. */
   #startFetch({ state, fetch, index }: FetchContext): Promise<Block> {
-    const block = fetchBlock(fetch, index);
+    // Reads and read-ahead wait for the zero map before they fetch, so it is loaded by now.
+    const block = fetchBlock(state.zeros instanceof ZeroMap ? { ...fetch, zeros: state.zeros } : fetch, index);
     state.inflight.set(index, block);
     const forget = (): void => {
       if (state.inflight.get(index) === block) state.inflight.delete(index);

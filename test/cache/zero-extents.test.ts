@@ -1,7 +1,8 @@
 // Zero extents: served as zeros without a source read or cache memory.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { BlockSource } from '../../src/cache/index.js';
+import { ZeroMap, type BlockSource } from '../../src/cache/index.js';
+import { dataRanges } from '../../src/cache/fetch.js';
 import { expected, KiB, MiB, readAt, rng, setup } from './helpers.js';
 
 // Given unsorted and overlapping, as a careless server might: [1.5, 4) MiB and [6, 8) MiB.
@@ -28,16 +29,16 @@ test('reads inside zero extents return zeros without a source read', async (t) =
   // Across the edge of an extent: only the data block is fetched.
   assert.deepEqual(await readAt(cache, src, 4 * MiB - 100, 200), expected(file, 4 * MiB - 100, 200));
   assert.deepEqual(src.log, [{ offset: 4 * MiB, length: MiB }]);
-  // A block partly zero is fetched whole when a read needs its data part.
+  // Of a block partly zero, only the data part is fetched; the rest is filled with zeros.
   assert.deepEqual(await readAt(cache, src, MiB, MiB), expected(file, MiB, MiB));
-  assert.deepEqual(src.log.at(-1), { offset: MiB, length: MiB });
+  assert.deepEqual(src.log.at(-1), { offset: MiB, length: MiB / 2 });
 
   const next = rng(99);
   for (let i = 0; i < 100; i++) {
     const [o, l] = [next(8 * MiB), next(3 * MiB)];
     assert.deepEqual(await readAt(cache, src, o, l), expected(file, o, l));
   }
-  for (const r of src.log) assert.ok(r.offset + r.length <= 2 * MiB || (r.offset >= 4 * MiB && r.offset + r.length <= 6 * MiB), `read ${r.offset}+${r.length} touches only data blocks`);
+  for (const r of src.log) assert.ok(r.offset + r.length <= 1.5 * MiB || (r.offset >= 4 * MiB && r.offset + r.length <= 6 * MiB), `read ${r.offset}+${r.length} touches only data`);
 });
 
 test('read-ahead skips blocks that are all zeros', async (t) => {
@@ -51,8 +52,8 @@ test('read-ahead skips blocks that are all zeros', async (t) => {
   }
   await reader.close();
   assert.ok(cache.stats.prefetchBlocks > 0);
-  for (const r of src.log) assert.ok(r.offset + r.length <= 2 * MiB || (r.offset >= 4 * MiB && r.offset + r.length <= 6 * MiB));
-  assert.equal(src.bytesRead, 4 * MiB);
+  for (const r of src.log) assert.ok(r.offset + r.length <= 1.5 * MiB || (r.offset >= 4 * MiB && r.offset + r.length <= 6 * MiB));
+  assert.equal(src.bytesRead, 3.5 * MiB, 'the data and nothing else');
 });
 
 test('a failing zeroExtents() only costs the optimisation', async (t) => {
@@ -72,4 +73,17 @@ test('a failing zeroExtents() only costs the optimisation', async (t) => {
   assert.equal(calls, 1);
   assert.equal(cache.stats.zeroMapErrors, 1);
   assert.equal(src.bytesRead, 3 * MiB);
+});
+
+test('a block\'s zero runs of 64 KiB or more are not read; shorter ones are read with their data', () => {
+  const zeros = ZeroMap.from([
+    { offset: 100 * KiB, length: 30 * KiB }, // short: read with the data around it
+    { offset: 300 * KiB, length: 200 * KiB }, // skipped
+    { offset: 900 * KiB, length: 200 * KiB }, // runs past the block's end: skipped
+  ], 4 * MiB);
+  assert.deepEqual(dataRanges(zeros, 0, MiB), [[0, 300 * KiB], [500 * KiB, 900 * KiB]]);
+  assert.deepEqual(dataRanges(zeros, MiB, 2 * MiB), [[1100 * KiB, 2 * MiB]]);
+  assert.deepEqual(dataRanges(zeros, 320 * KiB, 480 * KiB), [], 'all zeros');
+  assert.deepEqual(dataRanges(undefined, 5, 10), [[5, 10]], 'no zero map: all of it');
+  assert.deepEqual(dataRanges(ZeroMap.EMPTY, 0, MiB), [[0, MiB]]);
 });
