@@ -17,7 +17,8 @@ import { execFileP, makeQcow2, requireTool, startQemuNbd, type NbdServer } from 
 
 export { readAll } from '../src/nbd/read-all.js';
 
-const MiB = 1024 * 1024;
+const KiB = 1024;
+const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 const DISK_SIZE = 4 * GiB;
 const SLOT = 64 * MiB;
@@ -96,7 +97,6 @@ function subjects(server: NbdServer, dataBytes: number): Subject[] {
     ours('defaults (1 connection, 8 x 256 KiB, onread)', {}),
   ];
   if (process.env.BENCH_VARIANTS === '0') return all;
-  const KiB = 1024;
   return [...all,
     ours('data events instead of onread', { onread: false }),
     ours('16 x 256 KiB', { maxInFlight: 16 }),

@@ -170,7 +170,7 @@ export class BlockCache {
     const state = this.#state(source);
     const zeros = await state.zeros;
     if (this.#sources.get(source.id) !== state) return; // invalidated meanwhile
-    const fetch = this.#fetchOptions(source, true);
+    const fetch = this.#fetchOptions(source, true, zeros);
     const pending: Promise<void>[] = [];
     const stop = Math.min(end, source.size);
     for (let index = Math.floor(offset / this.blockSize); index * this.blockSize < stop; index++) {
@@ -264,7 +264,7 @@ export class BlockCache {
 
   /** Splits [offset, end) at block boundaries and starts the fetches it needs, in order. */
   #lookup(source: BlockSource, state: SourceState, offset: number, end: number, zeros: ZeroMap): Piece[] {
-    const fetch = this.#fetchOptions(source, false);
+    const fetch = this.#fetchOptions(source, false, zeros);
     const pieces: Piece[] = [];
     for (let pos = offset; pos < end; ) {
       const index = Math.floor(pos / this.blockSize);
@@ -294,8 +294,7 @@ export class BlockCache {
 
   /** lru-cache's fetchMethod (called synchronously by fetch()): starts the source read. */
   #startFetch({ state, fetch, index }: FetchContext): Promise<Block> {
-    // Reads and read-ahead wait for the zero map before they fetch, so it is loaded by now.
-    const block = fetchBlock(state.zeros instanceof ZeroMap ? { ...fetch, zeros: state.zeros } : fetch, index);
+    const block = fetchBlock(fetch, index);
     state.inflight.set(index, block);
     const forget = (): void => {
       if (state.inflight.get(index) === block) state.inflight.delete(index);
@@ -304,9 +303,10 @@ export class BlockCache {
     return block;
   }
 
-  #fetchOptions(source: BlockSource, prefetch: boolean): FetchOptions {
+  /** `zeros`: the source's loaded zero map, so that a fetch skips the zero runs in its block. */
+  #fetchOptions(source: BlockSource, prefetch: boolean, zeros: ZeroMap): FetchOptions {
     const maxRequest = Math.max(1, Math.floor(source.maxRequest ?? this.blockSize));
-    return { source, blockSize: this.blockSize, maxRequest, prefetch, stats: this.#stats, pool: this.#pool };
+    return { source, blockSize: this.blockSize, maxRequest, prefetch, stats: this.#stats, pool: this.#pool, zeros };
   }
 
   #trackPrefetch(block: Promise<Block>): Promise<void> {
