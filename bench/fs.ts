@@ -3,9 +3,9 @@
 // open-to-first-byte of a fresh export against `virsh backup-begin` alone. Everything it makes
 // (VMs, mounts, processes, files) is removed at the end, on failure and on SIGINT/SIGTERM.
 //
-// Environment: BENCH_RUNS (runs per test, default 3), BENCH_VIRCPTFS_OPTS (extra -o options,
-// e.g. cache=512M,readahead=4096), BENCH_CPU_PROFILE_DIR (a folder: vircptfs's CPU profile is
-// written there when it exits; see fs-cpu-profile.ts).
+// Environment: BENCH_RUNS (runs per test, default 4: keep it even, see roundOrder),
+// BENCH_VIRCPTFS_OPTS (extra -o options, e.g. cache=512M,readahead=4096), BENCH_CPU_PROFILE_DIR
+// (a folder: vircptfs's CPU profile is written there when it exits; see fs-cpu-profile.ts).
 import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, open, readFile, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -29,7 +29,7 @@ const CHECKPOINT = 'bench';
 const IDLE_S = 30;
 const RELEASE_POLL_MS = 500;
 
-const runs = Number(process.env.BENCH_RUNS ?? 3);
+const runs = Number(process.env.BENCH_RUNS ?? 4);
 const extraOpts = (process.env.BENCH_VIRCPTFS_OPTS ?? '').split(',').filter(Boolean);
 /** Read by fs-cpu-profile.ts inside vircptfs (the child inherits the environment). */
 const PROFILE_DIR_ENV = 'BENCH_CPU_PROFILE_DIR';
@@ -93,14 +93,25 @@ function record(samples: Samples, s: Subject, test: TestName, x: Sample): void {
   note(`${s.name} ${test}: ${x.seconds.toFixed(2)} s, server CPU ${x.cpu.toFixed(2)} s`);
 }
 
-/** Cold runs, subjects rotated from one round to the next so that none always goes first. */
+/**
+ * Cold runs in rounds. The last subject (QEMU's FUSE export, 20-30 s a run) runs last in each
+ * round, and the others take turns at going first, so that each of them follows it equally often
+ * over an even number of rounds: on this project's machines a run right after it was ~1.5 x slower
+ * for vircptfs and nbdfuse alike (dd 9.1 against 7.2 s, cat 5.8-5.9 against 3.9 s, nbdfuse cat
+ * 8.2 against 4.8-7.0 s), and with a plain rotation vircptfs followed it in two rounds of three,
+ * nbdfuse in one.
+ */
+function roundOrder<T>(subjects: readonly T[], round: number): T[] {
+  const rest = subjects.slice(0, -1);
+  const shift = rest.length === 0 ? 0 : round % rest.length;
+  return [...rest.slice(shift), ...rest.slice(0, shift), ...subjects.slice(-1)];
+}
+
 async function coldRuns(subjects: Subject[], samples: Samples, outDir: string): Promise<void> {
+  let round = 0;
   for (const test of COLD_TESTS) {
-    for (let i = 0; i < runs; i++) {
-      for (let k = 0; k < subjects.length; k++) {
-        const s = subjects[(i + k) % subjects.length]!;
-        record(samples, s, test, await measure(s, test, DISK_SIZE, outDir, true));
-      }
+    for (let i = 0; i < runs; i++, round++) {
+      for (const s of roundOrder(subjects, round)) record(samples, s, test, await measure(s, test, DISK_SIZE, outDir, true));
     }
   }
 }
