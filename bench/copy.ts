@@ -13,9 +13,8 @@ import { Lab } from '../test/lab/lab.js';
 import { VIRCPT } from '../test/lab/cli.js';
 import { requireTools } from '../test/lab/tools.js';
 import { nbdUri, type ExportRecord } from '../src/exports/export.js';
-import { NbdClient } from '../src/nbd/index.js';
-import { readAll } from '../src/nbd/read-all.js';
 import { DATA_SIZE, DISK_SIZE, buildImage } from './fs-image.js';
+import { timeOurs } from './nbd-client.js';
 
 const GiB = 1024 ** 3;
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
@@ -48,13 +47,18 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /** Our client with its defaults (one connection), reading the whole export to nowhere, in this process. */
 async function readToNull(socketPath: string, exportName: string): Promise<Sample> {
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  const client = await NbdClient.connect({ socketPath, exportName, metaContexts: ['base:allocation'] });
-  await readAll(client, { concurrency: 8 });
-  await client.close();
-  const cpu = process.cpuUsage(cpu0);
-  return { seconds: (performance.now() - t0) / 1000, cpu: (cpu.user + cpu.system) / 1e6, rssMiB: process.resourceUsage().maxRSS / 1024 };
+  const { seconds, cpuSeconds } = await timeOurs({ socketPath, exportName, metaContexts: ['base:allocation'] }, 8);
+  return { seconds, cpu: cpuSeconds, rssMiB: process.resourceUsage().maxRSS / 1024 };
+}
+
+/**
+ * `n` pairs, each other one in the other order: the machine's drift (other load, page cache,
+ * writeback) hits both of a pair alike, and the ratio is taken pair by pair.
+ */
+async function inPairs(n: number, a: () => Promise<void>, b: () => Promise<void>): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    if (i % 2 === 0) { await a(); await b(); } else { await b(); await a(); }
+  }
 }
 
 interface Pairs { title: string; ours: string; theirs: string; rows: { ours: Sample[]; theirs: Sample[] } }
@@ -119,16 +123,10 @@ async function main(): Promise<void> {
         await rm(out, { recursive: true, force: true });
       },
     };
-    // In pairs, each other run first: the machine's drift (other load, page cache, writeback)
-    // hits both of a pair alike, and the ratio is taken pair by pair.
     const load0 = loadavg()[0]!;
     await readToNull(disk.socket, disk.exportName); // warms the image's page cache for both, and V8 for ours; not counted
-    for (let i = 0; i < RUNS; i++) {
-      if (i % 2 === 0) { await runs.readNbdcopy(); await runs.readOurs(); } else { await runs.readOurs(); await runs.readNbdcopy(); }
-    }
-    for (let i = 0; i < RUNS; i++) {
-      if (i % 2 === 0) { await runs.nbdcopy(); await runs.ours(); } else { await runs.ours(); await runs.nbdcopy(); }
-    }
+    await inPairs(RUNS, runs.readNbdcopy, runs.readOurs);
+    await inPairs(RUNS, runs.nbdcopy, runs.ours);
     report(reads);
     report(copies);
     console.log(`\nload average (1 min) before ${load0.toFixed(2)}, after ${loadavg()[0]!.toFixed(2)} (${cpus().length} CPUs); ` +

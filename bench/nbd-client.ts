@@ -26,7 +26,7 @@ const DATA_PER_SLOT = 24 * MiB; // 64 slots x 24 MiB = 1.5 GiB
 const UNIT = 64 * 1024; // qcow2's default cluster
 const runs = Number(process.env.BENCH_RUNS ?? 5);
 
-interface Sample { seconds: number; cpuSeconds: number; dataBytes: number }
+export interface Sample { seconds: number; cpuSeconds: number; dataBytes: number }
 
 /** A seeded generator (mulberry32), so every run of the benchmark writes the same layout. */
 function prng(seed: number): () => number {
@@ -56,7 +56,8 @@ export function writeCommands(): string[] {
   return cmds;
 }
 
-async function timeOurs(options: NbdPoolOptions, concurrency: number): Promise<Sample> {
+/** Our client (a pool when options.connections > 1) reading the whole export to nowhere, in this process. */
+export async function timeOurs(options: NbdPoolOptions, concurrency: number): Promise<Sample> {
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const source = options.connections && options.connections > 1 ? await NbdPool.connect(options) : await NbdClient.connect(options);
