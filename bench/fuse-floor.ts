@@ -13,7 +13,7 @@ import { mkdir, mkdtemp, open, readFile, rm, rmdir, stat } from 'node:fs/promise
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { readMountinfo, setReadAhead } from '../src/fs/fuse-binding.js';
+import { readMountinfo, setReadAhead } from '../src/fs/fuse/index.js';
 import { requireTools } from '../test/lab/tools.js';
 import { best, dropCaches, measure, median, statCpu, type TestName } from './fs-measure.js';
 import { endChild, once, startChild, unmountFuse, waitFor, type Subject } from './fs-subjects.js';

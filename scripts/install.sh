@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs vircpt and vircptfs for the whole machine (as root), from this repository:
 #   PREFIX/lib/vircptfs/           a copy of the built package with its production node_modules
-#                                  (the patched FUSE addon included): it survives the repository
+#                                  and the FUSE addon (native/): it survives the repository
 #   PREFIX/bin/vircpt, vircptfs    wrappers that run it with the node found now, by absolute path
 #   SBINDIR/mount.fuse.vircptfs    the mount(8) helper (mount -t fuse.vircptfs, fstab), both paths
 #                                  written in: it must work without PATH (mount(8) and systemd)
 # PREFIX defaults to /usr/local and SBINDIR to /sbin (where mount(8) looks for helpers).
-# Runs scripts/setup.sh first when the build or the patched addon is missing. Idempotent: a second
+# Runs scripts/setup.sh first when the build or the FUSE addon is missing. Idempotent: a second
 # run replaces the copy. scripts/uninstall.sh removes exactly what this put in place (the list is
 # kept in PREFIX/lib/vircptfs/.vircptfs-install). A file it would replace that it did not install
 # stops it, unless --force.
@@ -51,16 +51,17 @@ major=$("$node" -p 'process.versions.node.split(".")[0]')
 [ "$major" -ge "$NODE_MAJOR_MIN" ] || die "$node is Node.js $("$node" --version); >= $NODE_MAJOR_MIN is needed"
 case $node in *[\'\"\\\$\`]*|*$'\n'*) die "$node: quotes, backslashes, \$ and newlines in its path are not supported" ;; esac
 
-addon_patched() { # $1: a package root holding node_modules
-  (cd "$1" && "$node" -e 'process.exit(require("@cocalc/fuse-native").VIRCPT_PATCH?.native >= 1 ? 0 : 1)') 2>/dev/null
+ADDON=native/build/Release/vircptfs_fuse.node
+addon_loads() { # $1: a package root holding the built addon
+  "$node" -e 'process.exit(typeof require(process.argv[1]).mount === "function" ? 0 : 1)' "$1/$ADDON" 2>/dev/null
 }
 built() {
-  [ -f dist/src/bin/vircpt.js ] && [ -f dist/src/bin/vircptfs.js ] && [ -f node_modules/.package-lock.json ] && addon_patched "$repo"
+  [ -f dist/src/bin/vircpt.js ] && [ -f dist/src/bin/vircptfs.js ] && [ -f node_modules/.package-lock.json ] && addon_loads "$repo"
 }
 if ! built; then
-  log "the build or the patched FUSE addon is missing: running scripts/setup.sh"
+  log "the build or the FUSE addon is missing: running scripts/setup.sh"
   bash scripts/setup.sh
-  built || die "still no build with the patched FUSE addon after scripts/setup.sh"
+  built || die "still no build with the FUSE addon after scripts/setup.sh"
 fi
 
 ours() { [ -f "$1" ] && grep -q "$MARKER" "$1"; }
@@ -92,11 +93,13 @@ log "copying the package to $libdir"
 mkdir -p "$stage/dist"
 cp -a dist/src "$stage/dist/src"
 cp -a package.json package-lock.json node_modules "$stage/"
+mkdir -p "$stage/$(dirname "$ADDON")"
+cp -a "$ADDON" "$stage/$ADDON"
 [ ! -f README.md ] || cp -a README.md "$stage/"
 # Only the runtime dependencies; --offline: everything needed is already in node_modules.
 (cd "$stage" && npm prune --omit=dev --ignore-scripts --offline --no-audit --no-fund --loglevel=error >&2) \
   || log "npm prune failed: keeping the development dependencies too"
-addon_patched "$stage" || die "the copied FUSE addon is not the patched one"
+addon_loads "$stage" || die "the copied FUSE addon does not load"
 "$node" "$stage/dist/src/bin/vircptfs.js" --version >/dev/null || die "the copied vircptfs does not start"
 chmod 755 "$stage"
 {

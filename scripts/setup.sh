@@ -11,7 +11,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Debian packages (LAB.md). Checked one by one: a machine that has some of them hides a missing one.
 pkgs=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
-      libnbd-bin nbdkit fuse3 libfuse3-dev libfuse2 libfuse-dev pkg-config e2fsprogs fdisk clamav
+      libnbd-bin nbdkit fuse3 libfuse3-dev pkg-config e2fsprogs fdisk clamav
       rsync jq util-linux procps psmisc python3 make g++ time)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -30,10 +30,16 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
-# npm dependencies (patch-package applies patches/ and rebuilds the FUSE addon) and the build.
+# npm dependencies (the install script builds the FUSE addon in native/) and the build.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+# The FUSE addon again when a source in native/ is newer than the build (a pull, an edit).
+addon=native/build/Release/vircptfs_fuse.node
+if [ ! -f "$addon" ] || [ -n "$(find native -maxdepth 1 -newer "$addon" -type f)" ]; then
+  log "building the FUSE addon"
+  node native/build.mjs
 fi
 log "building"
 npm run -s build

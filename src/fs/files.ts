@@ -9,7 +9,7 @@ import type { ExportManager, Lease } from '../exports/manager.js';
 import type { NbdDisk } from '../exports/nbd-disk.js';
 import type { Logger } from '../log.js';
 import { checkpointDisks, type Catalog } from './catalog.js';
-import type { FuseOpenResult, FuseOperations, FuseStat } from './fuse-binding.js';
+import type { FuseOpenResult, FuseOperations, FuseStat } from './fuse/index.js';
 import { DIRTY_MAP, diskFileName, parsePath } from './tree.js';
 
 const DIR_MODE = C.S_IFDIR | 0o555;

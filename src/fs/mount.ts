@@ -12,7 +12,7 @@ import type { Logger } from '../log.js';
 import { Catalog } from './catalog.js';
 import { toErrno } from './errno.js';
 import { Files } from './files.js';
-import { mountFuse, setReadAhead, type FuseMount } from './fuse-binding.js';
+import { mountFuse, setReadAhead, type FuseMount } from './fuse/index.js';
 import { prepareMountpoint } from './mountpoint.js';
 import type { FsOptions } from './options.js';
 
@@ -99,9 +99,13 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   // A reader still inside (a loop device, say) keeps a lazily detached mount serving: release
   // the exports at once (its reads fail with EIO), then give the loop a few seconds to end.
   const stop = () => (stopping ??= (async () => {
-    const unmounted = fuse.unmount();
+    // Handled at once: a failed unmount must not become an unhandled rejection while the
+    // releases run (it would end the daemon halfway).
+    const unmounted = fuse.unmount().then(() => done, (err: unknown) => {
+      log.error(`unmounting ${fuse.mountpoint} failed: ${messageOf(err)}`);
+    });
     await release();
-    await Promise.race([unmounted.then(() => done), sleep(UNMOUNT_GRACE_MS)]);
+    await Promise.race([unmounted, sleep(UNMOUNT_GRACE_MS)]);
   })());
   return { mountpoint: fuse.mountpoint, done, stop };
 }

@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { VircptError, messageOf } from '../errors.js';
 import { runProgram } from '../run.js';
-import { readMountinfo } from './fuse-binding.js';
+import { readMountinfo } from './fuse/index.js';
 
 export async function prepareMountpoint(mountpoint: string): Promise<{ recovered: boolean }> {
   const abs = path.resolve(mountpoint);

@@ -116,9 +116,9 @@ describe('vircptfs through install.sh, mount(8), fstab and umount', () => {
     const helper = await readFile(HELPER, 'utf8');
     assert.ok(helper.includes(`VIRCPTFS_JS='${INSTALLED_JS}'`), 'the helper names the installed vircptfs');
     assert.ok(!helper.includes(REPO) && !(await readFile(BIN.vircptfs, 'utf8')).includes(REPO), 'independent of the repository');
-    const addon = path.join(LIBDIR, 'node_modules/@cocalc/fuse-native');
-    const patched = await execa(process.execPath, ['-p', `require(${JSON.stringify(addon)}).VIRCPT_PATCH.native`]);
-    assert.ok(Number(patched.stdout) >= 1, 'the installed copy carries the patched FUSE addon');
+    const addon = path.join(LIBDIR, 'native/build/Release/vircptfs_fuse.node');
+    const loaded = await execa(process.execPath, ['-p', `typeof require(${JSON.stringify(addon)}).mount`]);
+    assert.equal(loaded.stdout, 'function', 'the installed copy carries the FUSE addon');
 
     // What mount(8) owns is dropped before vircptfs sees the options; -f (fake) mounts nothing.
     const fake = await runProgram(HELPER, [LAB_URI, '/nonexistent', '-s', '-f', '-n', '-v', '-o',

@@ -1,0 +1,514 @@
+// vircptfs's FUSE addon: libfuse 3's low-level API driven from Node's event loop.
+//
+// No thread of our own: the session's /dev/fuse descriptor is made non-blocking and watched by a
+// uv_poll handle; when it is readable, requests are received and processed on the loop thread
+// (at most REQUESTS_PER_WAKEUP per wakeup, so a flood of requests cannot starve timers and
+// sockets), each one handed to one JavaScript function with its arguments. JavaScript answers
+// later, from any callback, through the reply functions below, naming the request by its slot.
+// The low-level API allows a reply at any time after the request arrived; libfuse keeps no
+// thread waiting on it.
+//
+// Consequence: the thread that serves the mount is the JavaScript thread. A synchronous call of
+// the daemon into its own mount (fs.*Sync on a path inside it) would wait for itself forever;
+// asynchronous calls (libuv's thread pool) are fine. src/fs/fuse/ says so where it matters.
+//
+// One libuv handle per mount, closed when the session ends: nothing grows with load.
+#define FUSE_USE_VERSION 35
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <uv.h>
+
+#include "slots.h"
+
+#define REQUESTS_PER_WAKEUP 64
+
+// The operations JavaScript is asked about (the first argument of the dispatch function).
+enum op {
+  OP_INIT = 0, OP_LOOKUP, OP_FORGET, OP_GETATTR, OP_OPENDIR, OP_READDIR, OP_RELEASEDIR,
+  OP_OPEN, OP_READ, OP_RELEASE, OP_STATFS, OP_LSEEK, OP_INTERRUPT,
+};
+
+typedef struct session {
+  napi_env env;
+  struct fuse_session *se;
+  struct fuse_conn_info_opts *conn_opts;
+  uv_poll_t poll;
+  struct fuse_buf buf;
+  napi_ref dispatch;   // function (op, slot, ino, a, b, c, name, uid, gid, pid)
+  napi_ref on_end;     // function (status)
+  napi_ref self;       // keeps the external alive while the poll handle is open
+  napi_async_context async;
+  struct slots slots;  // requests JavaScript has not answered yet
+  int polling;         // the uv_poll handle is initialised and not yet closed
+  int ended;           // the session's loop is over (ENODEV, error, or stop())
+  int end_status;
+  char *mountpoint;
+} session_t;
+
+// ---- helpers -------------------------------------------------------------------------------
+
+#define CHECK(env, call)                                                   \
+  do {                                                                     \
+    if ((call) != napi_ok) {                                               \
+      napi_throw_error((env), NULL, "vircptfs addon: N-API call failed: " #call); \
+      return NULL;                                                         \
+    }                                                                      \
+  } while (0)
+
+static napi_value make_number(napi_env env, double v) {
+  napi_value out;
+  napi_create_double(env, v, &out);
+  return out;
+}
+
+static napi_value undefined(napi_env env) {
+  napi_value out;
+  napi_get_undefined(env, &out);
+  return out;
+}
+
+static int get_double(napi_env env, napi_value v, double *out) {
+  return napi_get_value_double(env, v, out) == napi_ok;
+}
+
+static int get_u64(napi_env env, napi_value v, uint64_t *out) {
+  double d;
+  if (!get_double(env, v, &d) || !(d >= 0) || d > 9007199254740991.0) return 0;
+  *out = (uint64_t)d;
+  return 1;
+}
+
+static session_t *session_of(napi_env env, napi_value v) {
+  void *data = NULL;
+  if (napi_get_value_external(env, v, &data) != napi_ok || data == NULL) {
+    napi_throw_type_error(env, NULL, "vircptfs addon: not a session");
+    return NULL;
+  }
+  return data;
+}
+
+// Calls the dispatch function. Runs inside the callback scope opened by on_readable, so
+// promises and nextTicks queued by JavaScript run once the batch is processed.
+static void dispatch(session_t *s, enum op op, uint32_t slot, double ino, double a, double b,
+                     double c, const char *name, const struct fuse_ctx *ctx) {
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, argv[10], result;
+  napi_get_reference_value(env, s->dispatch, &fn);
+  napi_get_undefined(env, &recv);
+  argv[0] = make_number(env, op);
+  argv[1] = make_number(env, slot);
+  argv[2] = make_number(env, ino);
+  argv[3] = make_number(env, a);
+  argv[4] = make_number(env, b);
+  argv[5] = make_number(env, c);
+  if (name) napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &argv[6]);
+  else argv[6] = undefined(env);
+  argv[7] = make_number(env, ctx ? ctx->uid : 0);
+  argv[8] = make_number(env, ctx ? ctx->gid : 0);
+  argv[9] = make_number(env, ctx ? ctx->pid : 0);
+  if (napi_call_function(env, recv, fn, 10, argv, &result) == napi_pending_exception) {
+    // The JavaScript side answers every request and never throws; if it did, the request
+    // must still be answered (a request without a reply blocks its caller for good).
+    napi_value err;
+    napi_get_and_clear_last_exception(env, &err);
+    fuse_req_t req = slots_take(&s->slots, slot);
+    if (req) fuse_reply_err(req, EIO);
+    napi_fatal_exception(env, err);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static session_t *session_of_req(fuse_req_t req) {
+  return fuse_req_userdata(req);
+}
+
+// Registers a request and hands it to JavaScript; EIO when no slot can be had.
+static void forward(fuse_req_t req, enum op op, double ino, double a, double b, double c,
+                    const char *name) {
+  session_t *s = session_of_req(req);
+  uint32_t slot = slots_put(&s->slots, req);
+  if (slot == 0) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  dispatch(s, op, slot, ino, a, b, c, name, fuse_req_ctx(req));
+}
+
+// ---- low-level operations ------------------------------------------------------------------
+
+static void ll_init(void *userdata, struct fuse_conn_info *conn) {
+  session_t *s = userdata;
+  // Splice is off by default; libfuse 3 turns on async reads, parallel dirops and the largest
+  // requests the kernel offers (max_pages) by itself. The mount's -o connection options win.
+  if (s->conn_opts) fuse_apply_conn_info_opts(s->conn_opts, conn);
+  dispatch(s, OP_INIT, 0, 0, conn->max_readahead, conn->max_write, conn->max_background, NULL, NULL);
+}
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  forward(req, OP_LOOKUP, parent, 0, 0, 0, name);
+}
+
+static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  session_t *s = session_of_req(req);
+  fuse_reply_none(req);
+  dispatch(s, OP_FORGET, 0, ino, (double)nlookup, 0, 0, NULL, NULL);
+}
+
+static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
+  session_t *s = session_of_req(req);
+  for (size_t i = 0; i < count; i++) {
+    dispatch(s, OP_FORGET, 0, forgets[i].ino, (double)forgets[i].nlookup, 0, 0, NULL, NULL);
+  }
+  fuse_reply_none(req);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)fi;
+  forward(req, OP_GETATTR, ino, 0, 0, 0, NULL);
+}
+
+static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)fi;
+  forward(req, OP_OPENDIR, ino, 0, 0, 0, NULL);
+}
+
+static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  forward(req, OP_READDIR, ino, (double)fi->fh, (double)off, (double)size, NULL);
+}
+
+static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  forward(req, OP_RELEASEDIR, ino, (double)fi->fh, 0, 0, NULL);
+}
+
+static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  forward(req, OP_OPEN, ino, fi->flags, 0, 0, NULL);
+}
+
+static void on_interrupt(fuse_req_t req, void *data) {
+  session_t *s = session_of_req(req);
+  uint32_t slot = (uint32_t)(uintptr_t)data;
+  // Only while JavaScript still holds the request: after its reply the slot may be reused.
+  if (slots_peek(&s->slots, slot) == req) dispatch(s, OP_INTERRUPT, slot, 0, 0, 0, 0, NULL, NULL);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  session_t *s = session_of_req(req);
+  uint32_t slot = slots_put(&s->slots, req);
+  if (slot == 0) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  dispatch(s, OP_READ, slot, ino, (double)fi->fh, (double)off, (double)size, NULL, fuse_req_ctx(req));
+  // After dispatch: an interrupt that already arrived calls on_interrupt at once, and then
+  // JavaScript knows the slot. Not when JavaScript answered synchronously (slot free again).
+  if (slots_peek(&s->slots, slot) == req) fuse_req_interrupt_func(req, on_interrupt, (void *)(uintptr_t)slot);
+}
+
+static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  forward(req, OP_RELEASE, ino, (double)fi->fh, 0, 0, NULL);
+}
+
+static void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
+  forward(req, OP_STATFS, ino, 0, 0, 0, NULL);
+}
+
+static void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi) {
+  forward(req, OP_LSEEK, ino, (double)fi->fh, (double)off, whence, NULL);
+}
+
+// Everything that would change the filesystem: read-only, whoever asks.
+static void rofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
+  (void)ino; (void)attr; (void)to_set; (void)fi; rofs(req);
+}
+static void ll_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t d) {
+  (void)p; (void)n; (void)m; (void)d; rofs(req);
+}
+static void ll_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { (void)p; (void)n; (void)m; rofs(req); }
+static void ll_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { (void)p; (void)n; rofs(req); }
+static void ll_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { (void)l; (void)p; (void)n; rofs(req); }
+static void ll_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn, unsigned int f) {
+  (void)p; (void)n; (void)np; (void)nn; (void)f; rofs(req);
+}
+static void ll_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np, const char *nn) { (void)i; (void)np; (void)nn; rofs(req); }
+static void ll_write(fuse_req_t req, fuse_ino_t i, const char *b, size_t sz, off_t o, struct fuse_file_info *fi) {
+  (void)i; (void)b; (void)sz; (void)o; (void)fi; rofs(req);
+}
+static void ll_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v, size_t sz, int f) {
+  (void)i; (void)n; (void)v; (void)sz; (void)f; rofs(req);
+}
+static void ll_removexattr(fuse_req_t req, fuse_ino_t i, const char *n) { (void)i; (void)n; rofs(req); }
+static void ll_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi) {
+  (void)p; (void)n; (void)m; (void)fi; rofs(req);
+}
+static void ll_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_info *fi) {
+  (void)i; (void)m; (void)o; (void)l; (void)fi; rofs(req);
+}
+static void ll_copy_file_range(fuse_req_t req, fuse_ino_t i, off_t o, struct fuse_file_info *fi, fuse_ino_t oi,
+                               off_t oo, struct fuse_file_info *ofi, size_t l, int f) {
+  (void)i; (void)o; (void)fi; (void)oi; (void)oo; (void)ofi; (void)l; (void)f; rofs(req);
+}
+
+static const struct fuse_lowlevel_ops ll_ops = {
+  .init = ll_init,
+  .lookup = ll_lookup,
+  .forget = ll_forget,
+  .forget_multi = ll_forget_multi,
+  .getattr = ll_getattr,
+  .opendir = ll_opendir,
+  .readdir = ll_readdir,
+  .releasedir = ll_releasedir,
+  .open = ll_open,
+  .read = ll_read,
+  .release = ll_release,
+  .statfs = ll_statfs,
+  .lseek = ll_lseek,
+  .setattr = ll_setattr,
+  .mknod = ll_mknod,
+  .mkdir = ll_mkdir,
+  .unlink = ll_unlink,
+  .rmdir = ll_unlink,
+  .symlink = ll_symlink,
+  .rename = ll_rename,
+  .link = ll_link,
+  .write = ll_write,
+  .setxattr = ll_setxattr,
+  .removexattr = ll_removexattr,
+  .create = ll_create,
+  .fallocate = ll_fallocate,
+  .copy_file_range = ll_copy_file_range,
+};
+
+// ---- the event-loop side -------------------------------------------------------------------
+
+static void on_closed(uv_handle_t *handle) {
+  session_t *s = handle->data;
+  napi_env env = s->env;
+  s->polling = 0;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value fn, recv, arg, result;
+  napi_get_reference_value(env, s->on_end, &fn);
+  napi_get_global(env, &recv);
+  arg = make_number(env, s->end_status);
+  // From a libuv callback: make_callback runs the microtasks JavaScript queues.
+  napi_make_callback(env, s->async, recv, fn, 1, &arg, &result);
+  napi_close_handle_scope(env, scope);
+  napi_delete_reference(env, s->self);
+  s->self = NULL;
+}
+
+// Ends the loop: every request JavaScript still holds is answered (EIO if the kernel still
+// listens), the poll handle closes, and on_end(status) follows from its close callback.
+static void end_loop(session_t *s, int status) {
+  if (s->ended) return;
+  s->ended = 1;
+  s->end_status = status;
+  fuse_req_t req;
+  while ((req = slots_take_any(&s->slots)) != NULL) fuse_reply_err(req, EIO);
+  if (s->polling) {
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, on_closed);
+  }
+}
+
+static void on_readable(uv_poll_t *poll, int status, int events) {
+  session_t *s = poll->data;
+  (void)events;
+  if (status < 0) {
+    // /dev/fuse polls POLLERR once the connection is gone (unmounted or aborted): libuv
+    // reports that as UV_EBADF. It is the normal end, as a read's ENODEV would be.
+    end_loop(s, status == UV_EBADF ? 0 : status);
+    return;
+  }
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value resource;
+  napi_create_object(env, &resource);
+  napi_callback_scope cb_scope;
+  napi_open_callback_scope(env, resource, s->async, &cb_scope);
+  for (int i = 0; i < REQUESTS_PER_WAKEUP && !s->ended; i++) {
+    int res = fuse_session_receive_buf(s->se, &s->buf);
+    if (res == -EAGAIN) break;
+    if (res == -EINTR) continue;
+    // 0: the kernel ended the connection (ENODEV: unmounted, or aborted).
+    if (res <= 0 || fuse_session_exited(s->se)) {
+      end_loop(s, res < 0 ? res : 0);
+      break;
+    }
+    fuse_session_process_buf(s->se, &s->buf);
+  }
+  napi_close_callback_scope(env, cb_scope);
+  napi_close_handle_scope(env, scope);
+}
+
+// mount(mountpoint, args, dispatch, onEnd) -> session
+// args: libfuse's argv after the program name, e.g. ['-o', 'ro,fsname=x,max_readahead=1048576'].
+static napi_value Mount(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4) {
+    napi_throw_type_error(env, NULL, "mount(mountpoint, args, dispatch, onEnd)");
+    return NULL;
+  }
+  size_t len;
+  CHECK(env, napi_get_value_string_utf8(env, argv[0], NULL, 0, &len));
+  char *mountpoint = malloc(len + 1);
+  if (!mountpoint) return NULL;
+  napi_get_value_string_utf8(env, argv[0], mountpoint, len + 1, &len);
+
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[1], &n);
+  struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+  fuse_opt_add_arg(&args, "vircptfs");
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    char arg[4096];
+    size_t alen;
+    napi_get_element(env, argv[1], i, &el);
+    if (napi_get_value_string_utf8(env, el, arg, sizeof arg, &alen) != napi_ok || alen >= sizeof arg - 1) {
+      fuse_opt_free_args(&args);
+      free(mountpoint);
+      napi_throw_range_error(env, NULL, "vircptfs addon: bad libfuse argument");
+      return NULL;
+    }
+    fuse_opt_add_arg(&args, arg);
+  }
+
+  session_t *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->env = env;
+  s->mountpoint = mountpoint;
+  slots_init(&s->slots);
+  s->conn_opts = fuse_parse_conn_info_opts(&args);
+  s->se = s->conn_opts ? fuse_session_new(&args, &ll_ops, sizeof ll_ops, s) : NULL;
+  fuse_opt_free_args(&args);
+  const char *failed = NULL;
+  if (!s->se) failed = "libfuse refused the options";
+  else if (fuse_session_mount(s->se, mountpoint) != 0) failed = "mount failed";
+  if (failed) {
+    if (s->se) fuse_session_destroy(s->se);
+    free(s->conn_opts);
+    slots_free(&s->slots);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, "EMOUNT", failed);
+    return NULL;
+  }
+  int fd = fuse_session_fd(s->se);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+
+  napi_value self, name;
+  CHECK(env, napi_create_external(env, s, NULL, NULL, &self));
+  napi_create_reference(env, argv[2], 1, &s->dispatch);
+  napi_create_reference(env, argv[3], 1, &s->on_end);
+  napi_create_reference(env, self, 1, &s->self);
+  napi_create_string_utf8(env, "vircptfs:fuse", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &s->async);
+
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  uv_poll_init(loop, &s->poll, fd);
+  s->poll.data = s;
+  s->polling = 1;
+  uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  return self;
+}
+
+// detach(session): unmounts lazily (MNT_DETACH, root only): new opens fail at once, files still
+// open are served until closed; the loop ends when the kernel drops the connection.
+static napi_value Detach(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_of(env, argv[0]);
+  if (!s) return NULL;
+  if (!s->ended && umount2(s->mountpoint, MNT_DETACH) != 0) {
+    napi_value err, code, msg;
+    napi_create_string_utf8(env, strerror(errno), NAPI_AUTO_LENGTH, &msg);
+    napi_create_string_utf8(env, errno == EINVAL ? "EINVAL" : errno == EPERM ? "EPERM" : "EUMOUNT", NAPI_AUTO_LENGTH, &code);
+    napi_create_error(env, code, msg, &err);
+    napi_throw(env, err);
+    return NULL;
+  }
+  return undefined(env);
+}
+
+// stop(session): stops serving without unmounting (the mount left this namespace while a copy
+// elsewhere keeps the connection: closing our end makes that copy a dead mount).
+static napi_value Stop(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_of(env, argv[0]);
+  if (!s) return NULL;
+  end_loop(s, 0);
+  return undefined(env);
+}
+
+// destroy(session): frees the session once its loop ended (after onEnd).
+static napi_value Destroy(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_of(env, argv[0]);
+  if (!s) return NULL;
+  if (s->polling || !s->ended || s->se == NULL) {
+    napi_throw_error(env, NULL, "vircptfs addon: destroy before the loop ended");
+    return NULL;
+  }
+  // The connection is over: fuse_session_destroy only closes the descriptor (no unmount, which
+  // could hit a later mount on the same path).
+  fuse_session_destroy(s->se);
+  s->se = NULL;
+  free(s->conn_opts);
+  s->conn_opts = NULL;
+  free(s->buf.mem);
+  s->buf.mem = NULL;
+  slots_free(&s->slots);
+  napi_delete_reference(env, s->dispatch);
+  napi_delete_reference(env, s->on_end);
+  napi_async_destroy(env, s->async);
+  free(s->mountpoint);
+  s->mountpoint = NULL;
+  // The external may outlive this call in JavaScript: leave a zeroed husk (never freed twice).
+  return undefined(env);
+}
+
+// The fd of /dev/fuse (tests: it must be close-on-exec), -1 once destroyed.
+static napi_value Fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_of(env, argv[0]);
+  if (!s) return NULL;
+  return make_number(env, s->se && !s->ended ? fuse_session_fd(s->se) : -1);
+}
+
+#include "replies.h"
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+    {"mount", NULL, Mount, NULL, NULL, NULL, napi_default, NULL},
+    {"detach", NULL, Detach, NULL, NULL, NULL, napi_default, NULL},
+    {"stop", NULL, Stop, NULL, NULL, NULL, napi_default, NULL},
+    {"destroy", NULL, Destroy, NULL, NULL, NULL, napi_default, NULL},
+    {"fd", NULL, Fd, NULL, NULL, NULL, napi_default, NULL},
+    REPLY_PROPERTIES
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
