@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "slots.h"
+#include "watchdog.h"
 
 #define REQUESTS_PER_WAKEUP 64
 
@@ -48,6 +49,7 @@ typedef struct session {
   napi_ref self;       // keeps the external alive while the poll handle is open
   napi_async_context async;
   struct slots slots;  // requests JavaScript has not answered yet
+  struct watchdog watchdog;
   int polling;         // the uv_poll handle is initialised and not yet closed
   int ended;           // the session's loop is over (ENODEV, error, or stop())
   int end_status;
@@ -192,6 +194,11 @@ static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 }
 
 static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  // Opening for writing is refused here, whatever JavaScript would say.
+  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
   forward(req, OP_OPEN, ino, fi->flags, 0, 0, NULL);
 }
 
@@ -315,6 +322,7 @@ static void end_loop(session_t *s, int status) {
   if (s->ended) return;
   s->ended = 1;
   s->end_status = status;
+  watchdog_stop(&s->watchdog);
   fuse_req_t req;
   while ((req = slots_take_any(&s->slots)) != NULL) fuse_reply_err(req, EIO);
   if (s->polling) {
@@ -340,6 +348,7 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
   napi_callback_scope cb_scope;
   napi_open_callback_scope(env, resource, s->async, &cb_scope);
   for (int i = 0; i < REQUESTS_PER_WAKEUP && !s->ended; i++) {
+    watchdog_served(&s->watchdog);
     int res = fuse_session_receive_buf(s->se, &s->buf);
     if (res == -EAGAIN) break;
     if (res == -EINTR) continue;
@@ -354,14 +363,16 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
-// mount(mountpoint, args, dispatch, onEnd) -> session
+// mount(mountpoint, args, dispatch, onEnd, stallMs) -> session
 // args: libfuse's argv after the program name, e.g. ['-o', 'ro,fsname=x,max_readahead=1048576'].
+// stallMs: the watchdog's patience (watchdog.h); 0 turns it off.
 static napi_value Mount(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 4) {
-    napi_throw_type_error(env, NULL, "mount(mountpoint, args, dispatch, onEnd)");
+  int32_t stall_ms = 0;
+  if (argc < 5 || napi_get_value_int32(env, argv[4], &stall_ms) != napi_ok) {
+    napi_throw_type_error(env, NULL, "mount(mountpoint, args, dispatch, onEnd, stallMs)");
     return NULL;
   }
   size_t len;
@@ -410,6 +421,16 @@ static napi_value Mount(napi_env env, napi_callback_info info) {
   }
   int fd = fuse_session_fd(s->se);
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  if (watchdog_start(&s->watchdog, fd, stall_ms) != 0) {
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    free(s->conn_opts);
+    slots_free(&s->slots);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, "EMOUNT", "cannot start the watchdog thread");
+    return NULL;
+  }
 
   napi_value self, name;
   CHECK(env, napi_create_external(env, s, NULL, NULL, &self));
@@ -498,6 +519,16 @@ static napi_value Fd(napi_env env, napi_callback_info info) {
   return make_number(env, s->se && !s->ended ? fuse_session_fd(s->se) : -1);
 }
 
+// deadlocksAvoided(session): requests the watchdog answered with EDEADLK (tests, logs).
+static napi_value DeadlocksAvoided(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_of(env, argv[0]);
+  if (!s) return NULL;
+  return make_number(env, (double)atomic_load(&s->watchdog.answered));
+}
+
 #include "replies.h"
 
 NAPI_MODULE_INIT() {
@@ -507,6 +538,7 @@ NAPI_MODULE_INIT() {
     {"stop", NULL, Stop, NULL, NULL, NULL, napi_default, NULL},
     {"destroy", NULL, Destroy, NULL, NULL, NULL, napi_default, NULL},
     {"fd", NULL, Fd, NULL, NULL, NULL, napi_default, NULL},
+    {"deadlocksAvoided", NULL, DeadlocksAvoided, NULL, NULL, NULL, napi_default, NULL},
     REPLY_PROPERTIES
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -1,56 +1,21 @@
 // The FUSE addon (native/) through src/fs/fuse/, on real mounts under /tmp: libuv handles that
 // must not grow with load, the loop-exit report, per-open direct_io, option checks, unmount, errno.
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { constants } from 'node:os';
-import { test, type TestContext } from 'node:test';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
-import { isVircptError, VircptError } from '../../src/errors.js';
-import {
-  countLibuvHandles, mountFuse, readMountinfo, setReadAhead,
-  type FuseMount, type FuseMountOptions, type FuseOperations, type FuseStat,
-} from '../../src/fs/fuse/index.js';
+import { isVircptError } from '../../src/errors.js';
+import { countLibuvHandles, mountFuse, readMountinfo, setReadAhead, type FuseOperations } from '../../src/fs/fuse/index.js';
+import { DIR, execFileP, file, isMounted, MIB, notFound, scratchMount } from './scratch-mount.js';
 
-const execFileP = promisify(execFile);
-const { ENOENT } = constants.errno;
-const MIB = 2 ** 20;
 const GIB = 2 ** 30;
 const READERS = 16;
 const ROUNDS = 2;
 /** fuse-native's model (a handle per worker thread) left 500-600 handles after 2 GiB read this
  *  way; the addon has one poll handle per mount. */
 const HANDLE_LIMIT = 200;
-const DIR: FuseStat = { mode: 0o40555, size: 0, mtime: 0, nlink: 2 };
-const file = (size: number, extra: Partial<FuseStat> = {}): FuseStat => ({ mode: 0o100444, size, mtime: 0, ...extra });
-const notFound = (path: string) => new VircptError('NOT_FOUND', `no ${path}`);
-const toErrno = (err: unknown) => (isVircptError(err, 'NOT_FOUND') ? ENOENT : 0); // 0: left to EIO
-
-async function requireTools(): Promise<void> {
-  const tools = [['fusermount3', 'fuse3'], ['dd', 'coreutils'], ['md5sum', 'coreutils'], ['stat', 'coreutils'], ['unshare', 'util-linux']];
-  for (const [tool, pkg] of tools) {
-    await execFileP('sh', ['-c', 'command -v "$1"', 'sh', tool]).catch(() => assert.fail(`${tool} is missing: install the Debian package ${pkg}`));
-  }
-  await access('/dev/fuse').catch(() => assert.fail('/dev/fuse is missing (Debian package fuse3, kernel module fuse)'));
-}
-
-const isMounted = async (dir: string) => (await readMountinfo()).some((m) => m.mountpoint === dir);
-
-/** A fresh directory under /tmp with ops mounted on it; unmounted and removed after the test. */
-async function scratchMount(t: TestContext, ops: FuseOperations, options: FuseMountOptions = {}): Promise<FuseMount> {
-  await requireTools();
-  const dir = await mkdtemp(`/tmp/vircpt-binding-${process.pid}-`);
-  let mount: FuseMount | undefined;
-  t.after(async () => {
-    if (mount) await Promise.race([mount.unmount().catch(() => {}), sleep(5000)]);
-    if (await isMounted(dir)) await execFileP('fusermount3', ['-uz', dir]).catch(() => {});
-    await rm(dir, { recursive: true, force: true });
-  });
-  mount = await mountFuse(dir, ops, { toErrno, ...options });
-  return mount;
-}
 
 // The test file's bytes: a prime-length pseudo-random pattern, and every 4 KiB block starts
 // with its own offset, so a misplaced or stale block cannot hash right.

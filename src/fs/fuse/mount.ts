@@ -12,6 +12,7 @@ import { Server } from './server.js';
 import type { FuseLoopExit, FuseMount, FuseMountOptions, FuseOperations } from './types.js';
 
 const MOUNTINFO_POLL_MS = 500;
+const DEADLOCK_GUARD_MS = 5000;
 /** Linux's PATH_MAX, less the terminating NUL. */
 const PATH_MAX = 4095;
 
@@ -22,6 +23,7 @@ class Mount implements FuseMount {
   #absentPolls = 0;
   #ended = false;
   #leftNamespace = false;
+  #deadlocksAvoided = 0;
   #requested = false;
   #unmounting: Promise<void> | undefined;
   #settleExit!: (exit: FuseLoopExit) => void;
@@ -48,9 +50,14 @@ class Mount implements FuseMount {
     return this.#ended ? 0 : this.addon.pending(this.#session);
   }
 
+  get deadlocksAvoided(): number {
+    return this.#ended ? this.#deadlocksAvoided : this.addon.deadlocksAvoided(this.#session);
+  }
+
   /** The addon's onEnd: the session's poll handle is closed; free it and report. */
   sessionEnded(status: number): void {
     if (this.#ended) return;
+    this.#deadlocksAvoided = this.addon.deadlocksAvoided(this.#session);
     this.#ended = true;
     // Not from inside the addon's callback, whose async context destroy() releases.
     const session = this.#session;
@@ -125,7 +132,7 @@ export async function mountFuse(mountpoint: string, ops: FuseOperations, options
   const mount = new Mount(dir, addon, ops, options);
   try {
     mount.server.session = addon.mount(dir, list.length ? ['-o', list.join(',')] : [], mount.server.dispatch,
-      (status) => mount.sessionEnded(status));
+      (status) => mount.sessionEnded(status), options.deadlockGuardMs ?? DEADLOCK_GUARD_MS);
   } catch (err) {
     throw new VircptError('IO', `cannot mount FUSE at ${dir}: ${messageOf(err)}`, { cause: err });
   }

@@ -23,12 +23,13 @@ export type Dispatch = (op: Op, slot: number, ino: number, a: number, b: number,
   name: string | undefined, uid: number, gid: number, pid: number) => void;
 
 export interface Addon {
-  mount(mountpoint: string, args: string[], dispatch: Dispatch, onEnd: (status: number) => void): Session;
+  mount(mountpoint: string, args: string[], dispatch: Dispatch, onEnd: (status: number) => void, stallMs: number): Session;
   detach(s: Session): void;
   stop(s: Session): void;
   destroy(s: Session): void;
   fd(s: Session): number;
   pending(s: Session): number;
+  deadlocksAvoided(s: Session): number;
   // Each returns false when the request was answered already (or the session ended).
   replyErr(s: Session, slot: number, errno: number): boolean;
   replyEntry(s: Session, slot: number, attr: Float64Array): boolean;

@@ -61,6 +61,10 @@ export interface FuseMountOptions {
   extraOptions?: readonly string[];
   /** A rejection of an operation -> positive errno; EIO when it throws or gives no errno. */
   toErrno?: (err: unknown) => number;
+  /** Milliseconds requests may wait while the event loop does not come for them before the
+   *  addon's watchdog answers them EDEADLK (a synchronous call of this process into its own
+   *  mount would otherwise hang it for good). Default 5000; 0 turns the guard off. */
+  deadlockGuardMs?: number;
 }
 
 export interface FuseLoopExit {
@@ -82,5 +86,7 @@ export interface FuseMount {
   unmount(): Promise<void>;
   /** Requests handed to the filesystem and not answered yet. */
   readonly pending: number;
+  /** Requests the deadlock guard answered with EDEADLK. */
+  readonly deadlocksAvoided: number;
   [Symbol.asyncDispose](): Promise<void>;
 }
