@@ -9,9 +9,13 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
+import { vircpt } from '../lab/cli.js';
 import { Lab, type LabVm } from '../lab/lab.js';
+import { leftoversOf } from '../lab/leftovers.js';
 import { mountFs } from '../lab/mount.js';
 import { requireTools, run } from '../lab/tools.js';
+import type { ExportRecord } from '../../src/exports/export.js';
+import { processStartTime } from '../../src/exports/runtime.js';
 import { assertSameBytes, checkpoint, MiB, reference, rejectsWith, waitReleased } from '../fs/helpers.js';
 
 const TMPFS_SIZE = 16 * MiB;
@@ -131,5 +135,40 @@ describe('scratch guard: the guest first', () => {
     await rm(filler);
     assertSameBytes(await readFile(file), expected, 'once space is back, the open works');
     await waitReleased(vm);
+  });
+
+  const cli = (...args: string[]) => vircpt(['--scratchdir', scratch, '--scratch-reserve', `${RESERVE / MiB}M`, '-d', vm.name, ...args]);
+
+  async function exportWithWatcher(): Promise<{ pid: number; startTime: string }> {
+    const r = await cli('export', '--name', 'c1', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const guard = (JSON.parse(r.stdout) as ExportRecord).guard;
+    assert.ok(guard, 'the record names the export\'s scratch guard');
+    assert.equal(processStartTime(guard.pid), guard.startTime, 'the scratch guard runs');
+    return guard;
+  }
+
+  it('vircpt export: its watcher process ends the job before the guest\'s writes could fail, then exits; release cleans up', async (t) => {
+    t.after(() => cli('release'));
+    const guard = await exportWithWatcher();
+    const { firedAfter, reactMs } = await pacedWrites();
+    console.log(`# watcher fired after ${firedAfter + 1} MiB of guest writes; job gone ${reactMs} ms after free space fell below the reserve`);
+    await assertGuestWritesLanded('vircpt export');
+    await until('the watcher exits once its job is gone', () => processStartTime(guard.pid) === undefined);
+    const rel = await cli('release');
+    assert.equal(rel.code, 0, rel.stderr);
+    assert.match(rel.stdout, new RegExp(`scratch guard had already ended the backup job at .*domain ${vm.name}: scratch space ran low.*used [0-9.]+ MiB of scratch`));
+    assert.deepEqual(await leftoversOf(vm.name), [], 'no record, socket or folder left');
+    assert.deepEqual(await readdir(scratch), [], 'nothing left on the scratch filesystem');
+  });
+
+  it('vircpt release ends the export\'s watcher process', async (t) => {
+    t.after(() => cli('release'));
+    const guard = await exportWithWatcher();
+    const rel = await cli('release');
+    assert.equal(rel.code, 0, rel.stderr);
+    assert.equal(processStartTime(guard.pid), undefined, 'the watcher is gone once release returns');
+    assert.equal(await vm.jobType(), 'None');
+    assert.deepEqual(await leftoversOf(vm.name), []);
   });
 });
