@@ -30,6 +30,8 @@ export type ErrorCode =
   | 'INVALID'
   /** lseek SEEK_DATA/SEEK_HOLE: no data after the offset, or the offset is past the end. */
   | 'NO_DATA'
+  /** Not enough free space for an export's scratch images (below the scratch reserve). */
+  | 'NO_SPACE'
   | 'IO';
 
 export class VircptError extends Error {

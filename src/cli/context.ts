@@ -4,6 +4,7 @@ import { getDomain, blockInfo, checkpointable, type DomainDetails, type BlockInf
 import { Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
 import type { RuntimeDirs } from '../exports/runtime.js';
+import type { ScratchReserve } from '../exports/scratch-guard.js';
 
 export interface GlobalOptions {
   uri: string;
@@ -11,6 +12,7 @@ export interface GlobalOptions {
   include?: string[];
   exclude?: string[];
   scratchdir?: string;
+  scratchReserve?: ScratchReserve;
   verbose?: boolean;
 }
 

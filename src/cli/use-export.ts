@@ -1,11 +1,13 @@
 // How map and copy reach a domain's data: through an export of ours that already runs (a
 // vircptfs mount's, or `vircpt export`'s; it stays running), or through one of their own,
 // released when they finish, also on Ctrl-C (DESIGN.md "Ownership of exports").
+import path from 'node:path';
 import { VircptError } from '../errors.js';
 import { ActiveExport } from '../exports/active-export.js';
 import { findExports, findLiveExport, stopExport } from '../exports/discover.js';
 import type { ExportRecord } from '../exports/export.js';
 import { Instance } from '../exports/runtime.js';
+import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard } from '../exports/scratch-guard.js';
 import { startExport } from '../exports/start.js';
 import { getCheckpoint } from '../libvirt/checkpoint.js';
 import { selectDisks, type Ctx } from './context.js';
@@ -25,12 +27,25 @@ const NBD_CONNECTIONS = 2;
 
 export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: ExportUse) => Promise<T>): Promise<T> {
   const { instance, ...use } = (await throughRunningExport(ctx, checkpointName)) ?? (await lookUpAndStart(ctx, checkpointName));
+  const guard = instance && guardOf(ctx, use.exp);
   try {
     return await fn(use);
   } finally {
+    guard?.stop();
     await use.exp.close();
     if (instance) await stopExport(ctx.virsh, { rec: use.exp.rec, instance }, ctx.log);
   }
+}
+
+/** The scratch guard of our own backup export: space running low fails the reads (the guest first). */
+function guardOf(ctx: Ctx, exp: ActiveExport): ScratchGuard | undefined {
+  const reserve = ctx.opts.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
+  const scratch = exp.rec.disks[0]?.scratch;
+  if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve)) return undefined;
+  return new ScratchGuard({
+    virsh: ctx.virsh, domain: exp.domain, dir: path.dirname(scratch), reserve, log: ctx.log,
+    onLow: (report) => exp.giveUp(new VircptError('NBD_CLOSED', describeLow(report))),
+  }).start();
 }
 
 /**
@@ -85,7 +100,7 @@ async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened>
     instance = Instance.of('cli', ctx.dirs);
     rec = await startExport({
       virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
-      instance, scratchRoot: ctx.opts.scratchdir,
+      instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: ctx.opts.scratchReserve,
     });
   }
   const exp = new ActiveExport(rec, !!live, ctx.virsh, { connections: NBD_CONNECTIONS });

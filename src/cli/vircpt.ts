@@ -1,6 +1,8 @@
 // The vircpt program: commander, built from injected dependencies (bin/ wires the real ones).
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { VircptError } from '../errors.js';
+import { VircptError, messageOf } from '../errors.js';
+import { DEFAULT_SCRATCH_RESERVE, formatReserve, type ScratchReserve } from '../exports/scratch-guard.js';
+import { parseReserve } from '../fs/options.js';
 import { makeCtx, type Deps, type GlobalOptions } from './context.js';
 
 // Each command's module is loaded when it runs: a process runs one, and `--help` none.
@@ -23,6 +25,14 @@ function collect(value: string, previous: string[] = []): string[] {
   return previous;
 }
 
+function scratchReserve(value: string): ScratchReserve {
+  try {
+    return parseReserve(value, '--scratch-reserve');
+  } catch (err) {
+    throw new InvalidArgumentError(messageOf(err));
+  }
+}
+
 function checkpointName(value: string): string {
   if (!/^[^/\s][^/]*$/.test(value) || value.length > 255) throw new InvalidArgumentError(`'${value}' is not a valid checkpoint name`);
   return value;
@@ -36,6 +46,8 @@ export function buildProgram(deps: Deps): Command {
     .option('-i, --include <targets>', 'only these disk targets (repeatable, or comma-separated)', collect)
     .option('-x, --exclude <targets>', 'not these disk targets (repeatable, or comma-separated)', collect)
     .option('--scratchdir <dir>', 'where backup scratch images go (they can grow up to each disk\'s size)')
+    .option('--scratch-reserve <size>', `free space kept where the scratch images go, SIZE or N% (default ${formatReserve(DEFAULT_SCRATCH_RESERVE)}): ` +
+      'below it an export is given up before the guest\'s writes could fail, and none starts; 0: off', scratchReserve)
     .option('-v, --verbose', 'debug log, and stack traces on errors')
     .version(`vircpt ${deps.version}`, '-V, --version', 'print the version')
     .showHelpAfterError('(vircpt --help for usage)')

@@ -1,6 +1,7 @@
 // The vircptfs program: parse, validate, mount, and stay until unmounted or signalled.
 import { VircptError, messageOf } from '../errors.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
+import { DEFAULT_SCRATCH_RESERVE, formatReserve, GUARD_POLL_MS } from '../exports/scratch-guard.js';
 import { startFilesystem, type RunningFs } from '../fs/mount.js';
 import { DEFAULTS, parseFsArgs, sourceUri, type FsOptions } from '../fs/options.js';
 import type { Logger } from '../log.js';
@@ -22,6 +23,10 @@ Options (-o, comma-separated, repeatable):
   idle=SECONDS         release an export this long after its last file closed (default ${DEFAULTS.idleSeconds})
   scratch=DIR          where backup scratch images go (default /var/tmp/vircptfs); each can grow
                        up to its disk's size while an export is open and the guest writes
+  scratch_reserve=SIZE|N%  free space kept on the scratch filesystem (default ${formatReserve(DEFAULT_SCRATCH_RESERVE)}): below it an
+                       export is given up (its readers get EIO) before the guest's writes could
+                       fail, and opens get ENOSPC; checked every ${GUARD_POLL_MS / 1000} s; 0 turns it off
+                       (docs/scratch-guard.md)
   freeze | nofreeze    guest-agent fsfreeze around export start (default freeze, when the agent answers)
   readahead=KB         kernel read-ahead of the mount (default ${DEFAULTS.readaheadKb})
   log=FILE             log to FILE (daemon mode logs there; default: syslog is not used, see README)

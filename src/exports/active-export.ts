@@ -21,6 +21,7 @@ export class ActiveExport {
   readonly #disks = new Map<string, Promise<NbdDisk>>();
   #checkedAt = Date.now();
   #gone = false;
+  #gaveUp: VircptError | undefined;
   #closed: Promise<void> | undefined;
 
   constructor(rec: ExportRecord, borrowed: boolean, virsh: Virsh, diskOptions: NbdDiskOptions) {
@@ -42,6 +43,7 @@ export class ActiveExport {
   /** The disk's NBD pool, connected on first use; a failed connect is forgotten. */
   disk(target: string): Promise<NbdDisk> {
     if (this.#closed) return Promise.reject(new VircptError('NBD_CLOSED', `the export of ${this.domain} was released`));
+    if (this.#gaveUp) return Promise.reject(this.#gaveUp);
     let p = this.#disks.get(target);
     if (!p) {
       const d = this.rec.disks.find((x) => x.target === target);
@@ -94,6 +96,16 @@ export class ActiveExport {
       if (!(await exportServing(this.#virsh, this.rec))) this.#gone = true;
     }
     return !this.#gone;
+  }
+
+  /**
+   * Given up (the scratch guard): gone at once, and every read of its disks fails with `reason`
+   * from now on, also those the block cache could answer (files.ts checks `dead`).
+   */
+  giveUp(reason: VircptError): void {
+    this.#gone = true;
+    this.#gaveUp ??= reason;
+    for (const p of this.#disks.values()) void p.then((d) => d.destroy(reason), () => undefined);
   }
 
   close(): Promise<void> {

@@ -11,6 +11,7 @@ import type { Logger } from '../log.js';
 import type { ExportRecord } from './export.js';
 import { writeRecord } from './export.js';
 import { Instance, instanceAlive, ownerOfPath } from './runtime.js';
+import { assertScratchRoom, DEFAULT_SCRATCH_RESERVE, type ScratchReserve } from './scratch-guard.js';
 
 export interface BackupExportOptions {
   virsh: Virsh;
@@ -22,6 +23,8 @@ export interface BackupExportOptions {
   targets: string[];
   sizes: Map<string, BlockInfo>;
   scratchRoot?: string | undefined;
+  /** No export starts while the scratch filesystem has less free space than this (default 1 GiB). */
+  scratchReserve?: ScratchReserve | undefined;
   /** Guest-agent fsfreeze around the job's start (default true). */
   freeze?: boolean;
   /** The domain's job state, when the caller asked for it alongside its other look-ups. */
@@ -62,6 +65,12 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
   await instance.prepare(domain.name, domain.qemuUser, o.scratchRoot);
   const socket = path.join(instance.domainDir(domain.name), 'nbd.sock');
   const scratchDir = instance.scratchDir(domain.name, o.scratchRoot);
+  try {
+    await assertScratchRoom(scratchDir, o.scratchReserve ?? DEFAULT_SCRATCH_RESERVE, domain.name);
+  } catch (err) {
+    await instance.cleanup(domain.name, o.scratchRoot);
+    throw err;
+  }
   const chosen = new Set(o.targets);
   const xml = backupXml({
     incremental: o.checkpoint,
@@ -113,18 +122,22 @@ const scratchPath = (dir: string, target: string): string => path.join(dir, `${t
 
 /** Ends our backup job (and only ours: the job's socket must be the one we recorded). */
 export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: ExportRecord, log: Logger): Promise<void> {
-  const socket = rec.disks[0]?.socket;
   // A failure to ask (not "no job") leaves the record in place, so a later run still ends the job.
-  const job = await currentJob(virsh, rec.domain);
-  if (job && job.socket === socket) {
-    await abortJob(virsh, rec.domain).catch((err: unknown) => {
-      // The job may have ended on its own in between (domain destroyed): fine if it is gone.
-      if (!(err instanceof VircptError) || err.code !== 'NO_EXPORT') throw err;
-    });
-    await waitJobGone(virsh, rec.domain, socket);
-  }
+  await abortOurJob(virsh, rec);
   await instance.cleanup(rec.domain, rec.scratchRoot);
   log.info({ domain: rec.domain, checkpoint: rec.checkpoint }, `export released: ${rec.domain}`);
+}
+
+/** Aborts the record's job if it still runs (its socket is the recorded one) and waits until it is gone. */
+export async function abortOurJob(virsh: Virsh, rec: ExportRecord): Promise<void> {
+  const socket = rec.disks[0]?.socket;
+  const job = await currentJob(virsh, rec.domain);
+  if (!job || job.socket !== socket) return;
+  await abortJob(virsh, rec.domain).catch((err: unknown) => {
+    // The job may have ended on its own in between (domain destroyed): fine if it is gone.
+    if (!(err instanceof VircptError) || err.code !== 'NO_EXPORT') throw err;
+  });
+  await waitJobGone(virsh, rec.domain, socket);
 }
 
 /** The domain's backup job; undefined only when libvirt says there is none (or no running domain). */

@@ -1,7 +1,7 @@
 // What an export is, once started: per disk, where its NBD server listens and which meta
 // contexts carry the dirty bitmaps. Written to <domainDir>/export.json so that other commands
 // (`vircpt info`, `map`, `copy`, `release`) and a later instance can find it.
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 export type ExportKind = 'backup' | 'qemu-nbd';
@@ -32,12 +32,20 @@ export interface ExportRecord {
   /** Where the scratch images live (backup), so release can remove the folder. */
   scratchRoot: string | undefined;
   disks: DiskExport[];
+  /** `vircpt export` only: its scratch guard's process (scratch-watcher.ts), ended by release. */
+  guard?: { pid: number; startTime: string };
+  /** Set by that guard when it gave the export up (ended its job): when and why. */
+  gaveUp?: string;
 }
 
 export const RECORD_FILE = 'export.json';
 
+/** Written whole or not at all (a new file renamed over the old): other processes read it any time. */
 export async function writeRecord(domainDir: string, rec: ExportRecord): Promise<void> {
-  await writeFile(path.join(domainDir, RECORD_FILE), `${JSON.stringify(rec, null, 2)}\n`, { mode: 0o600 });
+  const file = path.join(domainDir, RECORD_FILE);
+  const fresh = `${file}.${process.pid}.new`;
+  await writeFile(fresh, `${JSON.stringify(rec, null, 2)}\n`, { mode: 0o600 });
+  await rename(fresh, file);
 }
 
 export async function readRecord(domainDir: string): Promise<ExportRecord | undefined> {

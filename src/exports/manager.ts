@@ -2,6 +2,9 @@
 // files, shared by every open file (reference counts), released after an idle grace period that
 // re-checks when it fires (STYLE.md habit 6). Concurrent opens share one start: the promise is
 // stored, not its result, and a failed start is forgotten so the next open tries afresh.
+// Each backup export of its own has a scratch guard (scratch-guard.ts) that gives it up, through
+// the same stop path, before its scratch filesystem could fill.
+import path from 'node:path';
 import { VircptError, messageOf } from '../errors.js';
 import { jobInfo } from '../libvirt/backup.js';
 import { getCheckpoint } from '../libvirt/checkpoint.js';
@@ -11,6 +14,7 @@ import type { Logger } from '../log.js';
 import { ActiveExport } from './active-export.js';
 import { findLiveExport, stopExport } from './discover.js';
 import type { Instance } from './runtime.js';
+import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard, type LowScratch, type ScratchReserve } from './scratch-guard.js';
 import { startExport } from './start.js';
 
 export interface ExportManagerOptions {
@@ -20,6 +24,10 @@ export interface ExportManagerOptions {
   /** Release an export this long after its last file closed (ms). */
   idleMs: number;
   scratchRoot?: string | undefined;
+  /** Free space kept on the scratch filesystem (default 1 GiB). */
+  scratchReserve?: ScratchReserve | undefined;
+  /** How often the scratch guard looks (default GUARD_POLL_MS). */
+  guardIntervalMs?: number;
   freeze?: boolean;
   /** NBD connections per disk where multi-conn is allowed. */
   connections?: number;
@@ -48,6 +56,7 @@ export class ExportManager {
   readonly #stopping = new Set<Promise<void>>();
   /** Each export is stopped once: a second stop would find the next export's job on the same socket. */
   readonly #stops = new WeakMap<ActiveExport, Promise<void>>();
+  readonly #guards = new WeakMap<ActiveExport, ScratchGuard>();
   #closed: Promise<void> | undefined;
 
   constructor(opts: ExportManagerOptions) {
@@ -149,9 +158,9 @@ export class ExportManager {
     ]);
     const targets = checkpoint.disks.filter((d) => d.checkpoint === 'bitmap').map((d) => d.target);
     try {
-      const rec = await startExport({ virsh, log, domain: dom, sizes, checkpoint, targets,
-        instance: this.#o.instance, scratchRoot: this.#o.scratchRoot, freeze: this.#o.freeze ?? true, job: dom.active ? job : undefined });
-      return new ActiveExport(rec, false, virsh, this.#diskOptions());
+      const rec = await startExport({ virsh, log, domain: dom, sizes, checkpoint, targets, instance: this.#o.instance,
+        scratchRoot: this.#o.scratchRoot, scratchReserve: this.#o.scratchReserve, freeze: this.#o.freeze ?? true, job: dom.active ? job : undefined });
+      return this.#guarded(new ActiveExport(rec, false, virsh, this.#diskOptions()));
     } catch (err) {
       // Another instance of ours (a `vircpt export`, another mount) already serves it: read through.
       if (!(err instanceof VircptError) || err.code !== 'JOB_ACTIVE') throw err;
@@ -162,11 +171,31 @@ export class ExportManager {
     }
   }
 
+  /** Starts the scratch guard of a backup export of ours (unless scratch_reserve=0 turned it off). */
+  #guarded(exp: ActiveExport): ActiveExport {
+    const scratch = exp.rec.disks[0]?.scratch;
+    const reserve = this.#o.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
+    if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve)) return exp;
+    this.#guards.set(exp, new ScratchGuard({
+      virsh: this.#o.virsh, domain: exp.domain, dir: path.dirname(scratch), reserve, log: this.#o.log,
+      intervalMs: this.#o.guardIntervalMs, onLow: (report) => this.#giveUp(exp, report),
+    }).start());
+    return exp;
+  }
+
+  /** Space runs low: readers get EIO at once, and the export is stopped the usual way (its job aborted). */
+  #giveUp(exp: ActiveExport, report: LowScratch): void {
+    this.#o.log.error({ domain: exp.domain }, describeLow(report));
+    exp.giveUp(new VircptError('NBD_CLOSED', `the export of ${exp.domain} was given up: its scratch space ran low`));
+    this.#forget(this.#slot(exp.domain), exp);
+  }
+
   #diskOptions() {
     return { connections: this.#o.connections ?? 2 };
   }
 
   async #stop(exp: ActiveExport): Promise<void> {
+    this.#guards.get(exp)?.stop();
     await exp.close();
     if (exp.borrowed) return;
     try {

@@ -78,7 +78,8 @@ export class NbdDisk implements BlockSource {
     return this.#pool.close();
   }
 
-  destroy(): void {
-    this.#pool.destroy();
+  /** Fails every request at once (with `error`, when given) and drops the connections. */
+  destroy(error?: VircptError): void {
+    this.#pool.destroy(error);
   }
 }

@@ -9,6 +9,7 @@ import { startBackupExport } from './backup-export.js';
 import type { ExportRecord } from './export.js';
 import { startQemuNbdExport } from './qemu-nbd-export.js';
 import type { Instance } from './runtime.js';
+import type { ScratchReserve } from './scratch-guard.js';
 
 export interface StartExportOptions {
   virsh: Virsh;
@@ -20,6 +21,8 @@ export interface StartExportOptions {
   /** Wanted disks; only those carrying the checkpoint's bitmap are exported. */
   targets: string[];
   scratchRoot?: string | undefined;
+  /** Free space a backup export keeps on its scratch filesystem (scratch-guard.ts). */
+  scratchReserve?: ScratchReserve | undefined;
   freeze?: boolean;
   /** The domain's job state (domjobinfo), when asked for alongside the other look-ups. */
   job?: Promise<JobInfo> | undefined;

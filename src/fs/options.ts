@@ -1,6 +1,7 @@
 // vircptfs's command line and -o options (DESIGN.md "The command-line contract"), parsed and
 // validated before anything is mounted: an unknown option must not leave a dead mount behind.
 import { VircptError } from '../errors.js';
+import { DEFAULT_SCRATCH_RESERVE, type ScratchReserve } from '../exports/scratch-guard.js';
 
 export interface FsOptions {
   source: string;
@@ -12,6 +13,8 @@ export interface FsOptions {
   cacheBytes: number;
   idleSeconds: number;
   scratch: string | undefined;
+  /** Free space kept on the scratch filesystem: below it, exports are given up (and none start). */
+  scratchReserve: ScratchReserve;
   freeze: boolean;
   allowOther: boolean;
   defaultPermissions: boolean;
@@ -34,6 +37,21 @@ export function parseSize(text: string, what: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
   if (!m) throw usage(`${what}=${text}: not a size (like 256M or 1G)`);
   return Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
+}
+
+/** `SIZE` (like 1G) or `N%` of the filesystem's size; 0 turns the scratch guard off. */
+export function parseReserve(text: string, what: string): ScratchReserve {
+  const pct = /^(\d+(?:\.\d+)?)\s*%$/.exec(text.trim());
+  if (pct) {
+    const percent = Number(pct[1]);
+    if (percent >= 100) throw usage(`${what}=${text}: a percentage below 100`);
+    return { percent };
+  }
+  try {
+    return { bytes: parseSize(text, what) };
+  } catch {
+    throw usage(`${what}=${text}: not a size (like 1G or 512M) or a percentage (like 5%)`);
+  }
 }
 
 function parseUint(text: string, what: string, max: number): number {
@@ -61,6 +79,7 @@ function applyOption(o: FsOptions, opt: string): void {
       return;
     case 'idle': o.idleSeconds = parseUint(need(), key, 86400); return;
     case 'scratch': o.scratch = need(); return;
+    case 'scratch_reserve': o.scratchReserve = parseReserve(need(), key); return;
     case 'readahead': o.readaheadKb = parseUint(need(), key, 65536); return;
     case 'log': o.logFile = need(); return;
     case 'freeze': o.freeze = true; return;
@@ -77,7 +96,7 @@ function applyOption(o: FsOptions, opt: string): void {
 export function parseFsArgs(argv: readonly string[]): FsOptions {
   const o: FsOptions = {
     source: '', mountpoint: '', foreground: false, debug: false, domains: [], cacheBytes: DEFAULTS.cacheBytes,
-    idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, freeze: true, allowOther: false,
+    idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true, allowOther: false,
     defaultPermissions: false, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
   };
   const positional: string[] = [];

@@ -1,10 +1,13 @@
 // vircpt export / release: an export that outlives the command, ended only by `vircpt release`.
+import path from 'node:path';
 import { VircptError } from '../../errors.js';
 import { describeBackup, jobInfo } from '../../libvirt/backup.js';
 import { getCheckpoint } from '../../libvirt/checkpoint.js';
 import { findExports, findLiveExport, stopExport } from '../../exports/discover.js';
-import { nbdUri, type ExportRecord } from '../../exports/export.js';
+import { nbdUri, readRecord, type ExportRecord } from '../../exports/export.js';
 import { Instance, ownerOfPath, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
+import { DEFAULT_SCRATCH_RESERVE, guardOff } from '../../exports/scratch-guard.js';
+import { endWatcher, startWatcher } from '../../exports/scratch-watcher.js';
 import { startExport } from '../../exports/start.js';
 import { printJson, selectDisks, type Ctx } from '../context.js';
 
@@ -15,10 +18,24 @@ export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<
   if (live) {
     throw new VircptError('JOB_ACTIVE', `domain ${sel.domain.name} is already exported (instance ${live.instance.id}); see vircpt info`);
   }
-  const rec = await startExport({
+  const instance = Instance.of('export', ctx.dirs);
+  const reserve = ctx.opts.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
+  let rec = await startExport({
     virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
-    instance: Instance.of('export', ctx.dirs), scratchRoot: ctx.opts.scratchdir,
+    instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: reserve,
   });
+  const scratch = rec.disks[0]?.scratch;
+  if (rec.kind === 'backup' && scratch && !guardOff(reserve)) {
+    // The export outlives this command: its scratch guard is a process of its own. No guard, no export.
+    const domainDir = instance.domainDir(rec.domain);
+    try {
+      await startWatcher({ uri: ctx.virsh.uri, domain: rec.domain, domainDir, scratchDir: path.dirname(scratch), startedAt: rec.startedAt, reserve });
+    } catch (err) {
+      await stopExport(ctx.virsh, { rec, instance }, ctx.log);
+      throw err;
+    }
+    rec = (await readRecord(domainDir)) ?? rec;
+  }
   if (json) return printJson(ctx, rec);
   ctx.stdout(describeExport(rec, name));
 }
@@ -40,6 +57,7 @@ export function describeExport(rec: ExportRecord, checkpoint: string): string {
     `  nbdcopy '${uri}' ${d.target}.raw`,
     `  qemu-img create -f qcow2 -b '${uri}' -F raw ${d.target}-overlay.qcow2   # only while this export runs`,
     `  mkdir -p /tmp/${d.target} && nbdfuse -r /tmp/${d.target}/disk.raw '${uri}' &   # then losetup -r -f --show /tmp/${d.target}/disk.raw`,
+    ...(rec.guard ? [`A scratch guard (pid ${rec.guard.pid}) ends the backup job if free space under ${path.dirname(d.scratch ?? '')} falls below the reserve.`] : []),
     `Release it with: vircpt -d ${rec.domain} release`,
     '',
   );
@@ -50,8 +68,12 @@ export async function releaseCmd(ctx: Ctx): Promise<void> {
   const domain = ctx.domainName;
   const ours = (await findExports(ctx.dirs, domain)).find((f) => f.instance.id === PERSISTENT_INSTANCE);
   if (ours) {
-    await stopExport(ctx.virsh, ours, ctx.log);
+    // Its scratch guard first, so that it cannot act on a job being released.
+    await endWatcher(ours.rec);
+    const rec = (await readRecord(ours.instance.domainDir(domain))) ?? ours.rec;
+    await stopExport(ctx.virsh, { rec, instance: ours.instance }, ctx.log);
     ctx.stdout(`released the export of ${domain}\n`);
+    if (rec.gaveUp) ctx.stdout(`(its scratch guard had already ended the backup job at ${rec.gaveUp})\n`);
     return;
   }
   // Nothing of vircpt export's: say precisely what is there, and touch none of it.
