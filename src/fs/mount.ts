@@ -114,7 +114,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
 /** Where a detached process logs: the mount's log file, else syslog, else the daemon's file. */
 function detachedLog(o: FsOptions): LogOptions {
   if (o.logFile) return { prefix: 'vircptfs', file: o.logFile };
-  return hasSyslog() ? { syslogTag: 'vircptfs' } : { prefix: 'vircptfs', file: DEFAULT_DAEMON_LOG };
+  return hasSyslog() ? { syslogTag: 'vircptfs', fallbackFile: DEFAULT_DAEMON_LOG } : { prefix: 'vircptfs', file: DEFAULT_DAEMON_LOG };
 }
 
 /** Exports this instance could not release (their records remain) go to a detached helper. */
