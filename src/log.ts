@@ -14,6 +14,10 @@ export interface LogOptions {
   prefix?: string;
   /** Send the lines to syslog (the journal, under systemd) through logger(1), tagged with this. */
   syslogTag?: string;
+  /** Where the lines go if logger(1) cannot be started or dies (default: standard error). */
+  fallbackFile?: string;
+  /** The syslog program (default logger; tests name another). */
+  syslogProgram?: string;
 }
 
 const LEVEL_WORD: Record<string, string> = { warn: 'warning', error: 'error', info: 'info', debug: 'debug', fatal: 'fatal', trace: 'trace' };
@@ -58,7 +62,7 @@ export function textDestination(write: (line: string) => void, prefix: string, w
 /** A human-readable line logger: `time level component: message key=value`. */
 export function createLogger(opts: LogOptions = {}): Logger {
   const raw = opts.syslogTag
-    ? syslogDestination(opts.syslogTag)
+    ? syslogDestination(opts.syslogTag, opts.syslogProgram ?? 'logger', opts.fallbackFile)
     : opts.file
       ? pino.destination({ dest: opts.file, append: true, mkdir: true, sync: true })
       : pino.destination({ dest: 2, sync: true });
@@ -75,14 +79,36 @@ export function createLogger(opts: LogOptions = {}): Logger {
   );
 }
 
-/** Lines to syslog through logger(1) (util-linux), the standard way for a shell-less daemon. */
-function syslogDestination(tag: string): { write(line: string): void } {
-  const child = spawn('logger', ['--id', '-t', tag], { stdio: ['pipe', 'ignore', 'ignore'] });
-  child.on('error', () => undefined);
-  child.stdin.on('error', () => undefined);
+/**
+ * Lines to syslog through logger(1) (util-linux), the standard way for a shell-less daemon. If
+ * logger cannot start or dies, the lines go to `fallbackFile` (standard error without one), the
+ * first of them saying so: a line whose write to logger failed is written there too. (Lines that
+ * logger read but had not sent when it died are lost: at most a pipe's worth.)
+ */
+function syslogDestination(tag: string, program: string, fallbackFile: string | undefined): { write(line: string): void } {
+  const child = spawn(program, ['--id', '-t', tag], { stdio: ['pipe', 'ignore', 'ignore'] });
+  let fallback: { write(line: string): void } | undefined;
+  const fallBack = (why: string) => {
+    if (fallback) return fallback;
+    fallback = fallbackFile
+      ? pino.destination({ dest: fallbackFile, append: true, mkdir: true, sync: true })
+      : pino.destination({ dest: 2, sync: true });
+    fallback.write(`${new Date().toISOString()} ${tag}: warning: ${program}(1) ${why}; logging to ${fallbackFile ?? 'standard error'} from now on\n`);
+    return fallback;
+  };
+  child.on('error', (err) => fallBack(`could not run: ${err.message}`));
+  child.on('exit', (code, sig) => fallBack(`exited (${sig ?? `code ${code}`})`));
+  child.stdin.on('error', () => undefined); // each failed write is handled by its callback
   child.unref();
   (child.stdin as unknown as { unref?: () => void }).unref?.();
-  return { write: (line: string) => void child.stdin.write(line) };
+  // syslog adds time and tag to a line; in the file they are written here.
+  const stamped = (line: string) => `${new Date().toISOString()} ${tag}: ${line}`;
+  return {
+    write: (line: string) => {
+      if (fallback) return void fallback.write(stamped(line));
+      child.stdin.write(line, (err) => { if (err) fallBack(`failed (${err.message})`).write(stamped(line)); });
+    },
+  };
 }
 
 /** A logger that writes nothing (library defaults, tests). */

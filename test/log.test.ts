@@ -1,7 +1,11 @@
 // The text log format: one line per record, its fields as key=value after the message.
 import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
-import { formatFields, textDestination } from '../src/log.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createLogger, formatFields, textDestination } from '../src/log.js';
 
 describe('text log lines', () => {
   it('appends fields as key=value: arrays joined by spaces, quoted when they hold spaces', () => {
@@ -22,5 +26,52 @@ describe('text log lines', () => {
     dest.write(`${JSON.stringify({ level: 'debug', time: '2026-01-01T00:00:00Z', msg: 'virsh', args: ['list'], ms: 7 })}\n`);
     dest.write(`${JSON.stringify({ level: 'warn', msg: 'careful' })}\n`);
     assert.deepEqual(lines, ['vircpt: debug: virsh args=list ms=7\n', 'vircpt: warning: careful\n']);
+  });
+});
+
+describe('syslog through logger(1)', () => {
+  const waitFor = async (what: string, cond: () => Promise<boolean>) => {
+    const deadline = Date.now() + 10_000;
+    while (!(await cond())) {
+      if (Date.now() > deadline) assert.fail(`timed out waiting: ${what}`);
+      await sleep(20);
+    }
+  };
+
+  it('when logger dies, the lines go to the fallback file, the first saying so once', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'vircpt-log-'));
+    try {
+      // A fake logger(1): takes one line, then exits.
+      const fake = path.join(dir, 'logger');
+      await writeFile(fake, `#!/bin/sh\nhead -n 1 > ${dir}/syslog\n`, { mode: 0o755 });
+      const fallback = path.join(dir, 'fallback.log');
+      const read = (f: string) => readFile(f, 'utf8').catch(() => '');
+      const log = createLogger({ syslogTag: 'vircptfs', syslogProgram: fake, fallbackFile: fallback });
+      log.info('first line');
+      await waitFor('the fake logger took the first line and the fallback was announced', async () =>
+        (await read(`${dir}/syslog`)).includes('first line') && (await read(fallback)).includes('exited'));
+      log.warn('second line');
+      log.error('third line');
+      const lines = (await read(fallback)).trim().split('\n');
+      assert.equal(lines.length, 3, lines.join('\n'));
+      assert.match(lines[0]!, /vircptfs: warning: .*logger\(1\) exited \(code 0\); logging to .*fallback\.log from now on$/);
+      assert.match(lines[1]!, /warning: second line$/);
+      assert.match(lines[2]!, /error: third line$/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('when logger cannot run, no line is lost', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'vircpt-log-'));
+    try {
+      const fallback = path.join(dir, 'fallback.log');
+      const log = createLogger({ syslogTag: 'vircptfs', syslogProgram: path.join(dir, 'no-such-logger'), fallbackFile: fallback });
+      log.info('right away');
+      await waitFor('the line in the fallback file', async () => (await readFile(fallback, 'utf8').catch(() => '')).includes('right away'));
+      assert.match(await readFile(fallback, 'utf8'), /could not run: .*ENOENT/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

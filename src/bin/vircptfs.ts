@@ -16,7 +16,7 @@ function logOptions(o: FsOptions): LogOptions {
   const base: LogOptions = { level: o.debug ? 'debug' : 'info', prefix: 'vircptfs' };
   if (o.logFile) return { ...base, file: o.logFile };
   if (!daemon) return base;
-  return hasSyslog() ? { ...base, prefix: '', syslogTag: 'vircptfs' } : { ...base, file: DEFAULT_DAEMON_LOG };
+  return hasSyslog() ? { ...base, prefix: '', syslogTag: 'vircptfs', fallbackFile: DEFAULT_DAEMON_LOG } : { ...base, file: DEFAULT_DAEMON_LOG };
 }
 
 // In the daemon, errors go to the waiting parent (it prints them), not to a closed stderr.

@@ -69,7 +69,7 @@ export function buildProgram(deps: Deps): Command {
     .requiredOption('--name <name>', 'checkpoint name (the incremental base of the dirty map)', checkpointName)
     .option('--json', 'JSON output')
     .action(async (o: { name: string; json?: boolean }) => (await exporting()).exportCmd(ctx(), o.name, !!o.json));
-  program.command('release').description('stop the export that vircpt export started')
+  program.command('release').description('stop the export that vircpt export started (or one left by a dead instance of ours)')
     .action(async () => (await exporting()).releaseCmd(ctx()));
   program.command('map').description('extents changed since a checkpoint (--base: allocation), per disk')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)

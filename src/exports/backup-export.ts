@@ -2,11 +2,11 @@
 // a Unix socket of ours, frozen at the job's start (copy-before-write into scratch images).
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { VircptError } from '../errors.js';
+import { VircptError, messageOf } from '../errors.js';
 import { withFrozenGuest } from '../libvirt/agent.js';
 import { abortJob, backupXml, beginBackup, describeBackup, exportBitmapName, jobInfo, type BackupJob, type JobInfo } from '../libvirt/backup.js';
 import type { BlockInfo, DomainDetails } from '../libvirt/domain.js';
-import type { Virsh } from '../libvirt/virsh.js';
+import type { CallOptions, Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
 import type { ExportRecord } from './export.js';
 import { writeRecord } from './export.js';
@@ -32,10 +32,14 @@ export interface BackupExportOptions {
 }
 
 const JOB_END_TIMEOUT_MS = 10_000;
+/** The deadline of each libvirt call of a release: a libvirtd that hangs must not hang an unmount. */
+const RELEASE_CALL_MS = 10_000;
 
 /**
  * Refuses when the domain already has a job: ours (JOB_ACTIVE) or anyone else's (FOREIGN_JOB).
- * A job of ours whose instance died (killed mid-start, before cleanup could see it) is aborted.
+ * A job of ours whose instance died (killed mid-start, before cleanup could see it) is aborted,
+ * and so is one of this very instance (not `vircpt export`'s): a start whose outcome it never
+ * learned (libvirt went away during backup-begin), since it starts an export only when it has none.
  */
 export async function assertNoJob(virsh: Virsh, instance: Instance, domain: string, log?: Logger, asked?: Promise<JobInfo>): Promise<void> {
   // libvirt allows one job per domain; a second backup-begin blocks 30 s on the job lock first.
@@ -43,8 +47,11 @@ export async function assertNoJob(virsh: Virsh, instance: Instance, domain: stri
   if (info.type === 'None') return;
   const job = info.operation === 'Backup' ? await describeBackup(virsh, domain) : undefined;
   const owner = ownerOfPath(instance.dirs, job?.socket);
-  if (owner !== undefined && !instanceAlive(owner)) {
-    log?.warn({ domain }, `domain ${domain}: aborting the backup job left by crashed instance ${owner}`);
+  const orphan = owner === instance.id && !instance.persistent;
+  if (owner !== undefined && (orphan || !instanceAlive(owner))) {
+    log?.warn({ domain }, orphan
+      ? `domain ${domain}: aborting the backup job of an earlier start whose outcome was unknown`
+      : `domain ${domain}: aborting the backup job left by crashed instance ${owner}`);
     await abortJob(virsh, domain);
     await waitJobGone(virsh, domain, job?.socket);
     await new Instance(owner, instance.dirs).cleanup(domain);
@@ -87,7 +94,16 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
     const begin = () => beginBackup(virsh, domain.name, xml);
     await (o.freeze === false ? begin() : withFrozenGuest(virsh, domain, o.log, begin));
   } catch (err) {
-    await instance.cleanup(domain.name, o.scratchRoot);
+    const started = await jobStartedAnyway(virsh, domain.name, socket);
+    if (started === true) {
+      // libvirt started it although the call failed (a timeout, a lost connection): it is ours.
+      o.log.warn({ domain: domain.name }, `domain ${domain.name}: backup-begin failed (${messageOf(err)}) but the job runs with our socket; using it`);
+      o.log.info({ domain: domain.name, checkpoint: o.checkpoint, socket }, `export started: ${domain.name} (checkpoint ${o.checkpoint})`);
+      return rec;
+    }
+    // Unknown (libvirt does not answer): the record stays, so whoever comes next (this instance's
+    // next start, its release at exit, a later run) finds the job, if any, and ends it.
+    if (started === false) await instance.cleanup(domain.name, o.scratchRoot);
     if (err instanceof VircptError) {
       throw new VircptError(err.code, `domain ${domain.name}, checkpoint ${o.checkpoint}: ${err.message}`, { cause: err });
     }
@@ -120,6 +136,16 @@ function recordOf(o: BackupExportOptions, socket: string, scratchDir: string, st
 
 const scratchPath = (dir: string, target: string): string => path.join(dir, `${target}.scratch.qcow2`);
 
+/** After a failed backup-begin: whether the domain runs a job with our socket (undefined: libvirt
+ *  does not answer, so nobody knows). */
+async function jobStartedAnyway(virsh: Virsh, domain: string, socket: string): Promise<boolean | undefined> {
+  try {
+    return (await currentJob(virsh, domain))?.socket === socket;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Ends our backup job (and only ours: the job's socket must be the one we recorded). */
 export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: ExportRecord, log: Logger): Promise<void> {
   // A failure to ask (not "no job") leaves the record in place, so a later run still ends the job.
@@ -128,22 +154,26 @@ export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: Ex
   log.info({ domain: rec.domain, checkpoint: rec.checkpoint }, `export released: ${rec.domain}`);
 }
 
-/** Aborts the record's job if it still runs (its socket is the recorded one) and waits until it is gone. */
+/** Aborts the record's job if it still runs (its socket is the recorded one) and waits until it
+ *  is gone; each libvirt call has the release deadline. */
 export async function abortOurJob(virsh: Virsh, rec: ExportRecord): Promise<void> {
   const socket = rec.disks[0]?.socket;
-  const job = await currentJob(virsh, rec.domain);
+  const call = { timeoutMs: RELEASE_CALL_MS };
+  const job = await currentJob(virsh, rec.domain, call);
   if (!job || job.socket !== socket) return;
-  await abortJob(virsh, rec.domain).catch((err: unknown) => {
-    // The job may have ended on its own in between (domain destroyed): fine if it is gone.
-    if (!(err instanceof VircptError) || err.code !== 'NO_EXPORT') throw err;
+  await abortJob(virsh, rec.domain, call).catch(async (err: unknown) => {
+    // It may have ended on its own (domain destroyed), or the abort worked but its answer was
+    // lost (a timeout, libvirtd restarting): what counts is whether the job is still there.
+    const now = await currentJob(virsh, rec.domain, call).catch(() => job);
+    if (now?.socket === socket) throw err;
   });
   await waitJobGone(virsh, rec.domain, socket);
 }
 
 /** The domain's backup job; undefined only when libvirt says there is none (or no running domain). */
-async function currentJob(virsh: Virsh, domain: string): Promise<BackupJob | undefined> {
+async function currentJob(virsh: Virsh, domain: string, opts: CallOptions = { timeoutMs: RELEASE_CALL_MS }): Promise<BackupJob | undefined> {
   try {
-    return await describeBackup(virsh, domain);
+    return await describeBackup(virsh, domain, opts);
   } catch (err) {
     if (err instanceof VircptError && (err.code === 'DOMAIN_NOT_FOUND' || err.code === 'DOMAIN_NOT_RUNNING')) return undefined;
     throw err;

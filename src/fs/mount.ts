@@ -6,9 +6,11 @@ import { BlockCache, DEFAULT_REORDER_SLACK } from '../cache/index.js';
 import { VircptError, messageOf } from '../errors.js';
 import { cleanupStale } from '../exports/discover.js';
 import { ExportManager } from '../exports/manager.js';
+import { HELPER_GIVE_UP_MS, leftBy, spawnReleaseHelper } from '../exports/release-helper.js';
 import { Instance, type RuntimeDirs } from '../exports/runtime.js';
 import { Virsh } from '../libvirt/virsh.js';
-import type { Logger } from '../log.js';
+import type { Logger, LogOptions } from '../log.js';
+import { DEFAULT_DAEMON_LOG, hasSyslog } from '../cli/daemon.js';
 import { Catalog } from './catalog.js';
 import { toErrno } from './errno.js';
 import { Files } from './files.js';
@@ -17,6 +19,8 @@ import { prepareMountpoint } from './mountpoint.js';
 import type { FsOptions } from './options.js';
 
 const UNMOUNT_GRACE_MS = 5000;
+/** At unmount, exports not released by then (libvirt down or hanging) go to the release helper. */
+const RELEASE_BOUND_MS = 20_000;
 /** The same error message is logged at most once in this interval. */
 const ERROR_LOG_INTERVAL_MS = 10_000;
 
@@ -88,9 +92,10 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   let stopping: Promise<void> | undefined;
   const release = () => (releasing ??= (async () => {
     await files.releaseAll();
-    await manager.close();
+    await Promise.race([manager.close(), sleep(RELEASE_BOUND_MS, undefined, { ref: false })]);
     cache.clear();
     virsh.close();
+    await handOver(o, dirs, instance.id, log);
   })());
   const done = fuse.exited.then(async (exit) => {
     if (exit.external) log.info(`${fuse.mountpoint} was unmounted; releasing exports`);
@@ -109,4 +114,23 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
     await Promise.race([unmounted, sleep(UNMOUNT_GRACE_MS)]);
   })());
   return { mountpoint: fuse.mountpoint, done, stop };
+}
+
+/** Where a detached process logs: the mount's log file, else syslog, else the daemon's file. */
+function detachedLog(o: FsOptions): LogOptions {
+  if (o.logFile) return { prefix: 'vircptfs', file: o.logFile };
+  return hasSyslog() ? { syslogTag: 'vircptfs', fallbackFile: DEFAULT_DAEMON_LOG } : { prefix: 'vircptfs', file: DEFAULT_DAEMON_LOG };
+}
+
+/** Exports this instance could not release (their records remain) go to a detached helper. */
+async function handOver(o: FsOptions & { uri: string }, dirs: RuntimeDirs, owner: string, log: Logger): Promise<void> {
+  const left = (await leftBy(dirs, owner)).map((f) => f.rec.domain);
+  if (left.length === 0) return;
+  const pid = spawnReleaseHelper({ uri: o.uri, owner, dirs, giveUpAt: Date.now() + HELPER_GIVE_UP_MS, log: detachedLog(o) });
+  if (pid === undefined) {
+    log.error(`could not release ${left.join(', ')}, nor start a helper: the next vircptfs or vircpt run on this host ends them`);
+    return;
+  }
+  log.error(`could not release ${left.join(', ')} now; a helper (pid ${pid}) releases them once libvirt answers again ` +
+    `(for up to ${HELPER_GIVE_UP_MS / 60_000} minutes)`);
 }

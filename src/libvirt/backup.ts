@@ -1,7 +1,7 @@
 // Pull-mode backup jobs: QEMU's NBD server exporting each disk at the job's start, with a
 // dirty bitmap of what changed since the incremental checkpoint.
 import { VircptError } from '../errors.js';
-import type { Virsh } from './virsh.js';
+import type { CallOptions, Virsh } from './virsh.js';
 import { attr, buildXml, child, children, parseXml, text } from './xml.js';
 
 export interface JobInfo {
@@ -36,8 +36,8 @@ export interface BackupRequest {
   skip: string[];
 }
 
-export async function jobInfo(virsh: Virsh, domain: string): Promise<JobInfo> {
-  const out = await virsh.run(['domjobinfo', '--', domain]);
+export async function jobInfo(virsh: Virsh, domain: string, opts?: CallOptions): Promise<JobInfo> {
+  const out = await virsh.run(['domjobinfo', '--', domain], opts);
   const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, 'm').exec(out)?.[1]?.trim() ?? '';
   return { type: field('Job type') || 'None', operation: field('Operation') };
 }
@@ -73,14 +73,16 @@ export function backupXml(req: BackupRequest): string {
   });
 }
 
+/** Starts the job (a virsh process of its own: its exit status is the outcome, see virsh.ts). A
+ *  timeout or a lost connection leaves the outcome unknown: the caller asks describeBackup. */
 export async function beginBackup(virsh: Virsh, domain: string, xml: string): Promise<void> {
   await virsh.runWithXml(['backup-begin', '--', domain, '{xml}'], xml);
 }
 
 /** The running backup job of a domain, or undefined when there is none. */
-export async function describeBackup(virsh: Virsh, domain: string): Promise<BackupJob | undefined> {
+export async function describeBackup(virsh: Virsh, domain: string, opts?: CallOptions): Promise<BackupJob | undefined> {
   try {
-    return parseBackupXml(await virsh.run(['backup-dumpxml', '--', domain]));
+    return parseBackupXml(await virsh.run(['backup-dumpxml', '--', domain], opts));
   } catch (err) {
     if (err instanceof VircptError && err.code === 'NO_EXPORT') return undefined;
     throw err;
@@ -109,7 +111,8 @@ export function parseBackupXml(xml: string): BackupJob {
   };
 }
 
-/** Ends the domain's job. Callers check first that the job is theirs. */
-export async function abortJob(virsh: Virsh, domain: string): Promise<void> {
-  await virsh.run(['domjobabort', '--', domain]);
+/** Ends the domain's job (a virsh process of its own). Callers check first that the job is
+ *  theirs, and after a failure whether it is still there (a timeout says nothing either way). */
+export async function abortJob(virsh: Virsh, domain: string, opts?: CallOptions): Promise<void> {
+  await virsh.run(['domjobabort', '--', domain], opts);
 }

@@ -21,18 +21,19 @@ export interface VirshOptions {
   session?: boolean;
 }
 
-/** Calls that answer at once: what the shells may run. Anything that can block for long (agent
- *  commands, fsfreeze, checkpoint creation) keeps a process of its own. */
+/** Queries that answer at once and change nothing: what the shells may run. A shell's answer is
+ *  read from echoed text, so after a timeout or a lost connection nobody knows what it did:
+ *  harmless for a query (it is asked again), not for a change. Changes (backup-begin,
+ *  domjobabort) and anything that can block for long (agent commands, fsfreeze, checkpoint
+ *  creation) run as a virsh process of their own, whose exit status is their outcome. */
 const SESSION_COMMANDS = new Set([
   'list', 'domstate', 'dominfo', 'dumpxml', 'domblkinfo', 'domjobinfo',
-  'checkpoint-list', 'checkpoint-dumpxml', 'backup-dumpxml',
-  // Asked only after domjobinfo found no job (so no 30 s wait on the job lock), and the open()
-  // that starts an export waits on it: a process of its own would add tens of milliseconds.
-  'backup-begin', 'domjobabort',
+  'checkpoint-list', 'checkpoint-dumpxml', 'backup-dumpxml', 'uri',
 ]);
 
-/** What a shell says (before the next answer) when its connection to libvirtd broke. */
-const LOST_CONNECTION = /Disconnected from|Failed to reconnect|no valid connection|End of file while reading data/i;
+/** What a shell says (before the next answer) when its connection to libvirtd broke, or when it
+ *  reconnected to a new libvirtd (its answer is then right, but every other shell is stale too). */
+const LOST_CONNECTION = /Disconnected from|Failed to reconnect|Reconnected to the hypervisor|no valid connection|End of file while reading data/i;
 
 /** Shells at most: a listing refresh and an export start's look-ups need not queue behind each other. */
 const MAX_SESSIONS = 3;
@@ -49,7 +50,7 @@ const CLASSIFY: [RegExp, ErrorCode][] = [
   [/checkpoint not found|no domain checkpoint with matching name/i, 'CHECKPOINT_NOT_FOUND'],
   [/already exists/i, 'CHECKPOINT_EXISTS'],
   [/domain is not running/i, 'DOMAIN_NOT_RUNNING'],
-  [/no domain backup job present/i, 'NO_EXPORT'],
+  [/no domain backup job present|no job is active on the domain/i, 'NO_EXPORT'],
   [/cannot acquire state change lock|another job|job .* is active|operation is not valid: .*job/i, 'JOB_ACTIVE'],
   [/guest agent is not (configured|connected|responding)|QEMU guest agent/i, 'AGENT_UNAVAILABLE'],
 ];
@@ -131,11 +132,10 @@ export class Virsh {
     try {
       const answer = await session.run(args, timeout);
       if (answer.ok || !LOST_CONNECTION.test(answer.stderr)) return answer;
-      // The shell's connection broke (libvirtd restarted): drop that shell, ask with a process.
-      this.#log?.debug({ args, stderr: answer.stderr.trim() }, 'virsh session lost its connection; running a process');
-      session.close();
-      const at = this.#sessions!.indexOf(session);
-      if (at >= 0) this.#sessions!.splice(at, 1);
+      // The shell's connection broke (libvirtd restarted or stopped): every shell was connected to
+      // the same libvirtd, so all are dropped (new ones connect afresh); this query runs as a process.
+      this.#log?.debug({ args, stderr: answer.stderr.trim() }, 'virsh shells lost their connection; running a process');
+      this.close();
       return undefined;
     } catch (err) {
       if ((err as { timedOut?: boolean }).timedOut) throw timedOut(args, timeout);

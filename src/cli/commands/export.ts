@@ -5,7 +5,8 @@ import { describeBackup, jobInfo } from '../../libvirt/backup.js';
 import { getCheckpoint } from '../../libvirt/checkpoint.js';
 import { findExports, findLiveExport, stopExport } from '../../exports/discover.js';
 import { nbdUri, readRecord, type ExportRecord } from '../../exports/export.js';
-import { Instance, ownerOfPath, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
+import { assertNoJob } from '../../exports/backup-export.js';
+import { Instance, instanceAlive, ownerOfPath, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, guardOff } from '../../exports/scratch-guard.js';
 import { endWatcher, startWatcher } from '../../exports/scratch-watcher.js';
 import { startExport } from '../../exports/start.js';
@@ -66,7 +67,8 @@ export function describeExport(rec: ExportRecord, checkpoint: string): string {
 
 export async function releaseCmd(ctx: Ctx): Promise<void> {
   const domain = ctx.domainName;
-  const ours = (await findExports(ctx.dirs, domain)).find((f) => f.instance.id === PERSISTENT_INSTANCE);
+  const found = await findExports(ctx.dirs, domain);
+  const ours = found.find((f) => f.instance.id === PERSISTENT_INSTANCE);
   if (ours) {
     // Its scratch guard first, so that it cannot act on a job being released.
     await endWatcher(ours.rec);
@@ -76,11 +78,24 @@ export async function releaseCmd(ctx: Ctx): Promise<void> {
     if (rec.gaveUp) ctx.stdout(`(its scratch guard had already ended the backup job at ${rec.gaveUp})\n`);
     return;
   }
+  // An export of ours whose owner is gone (a mount killed, or one that exited while libvirt was
+  // down and whose helper gave up): nobody else will end it.
+  const dead = found.filter((f) => !f.ownerAlive);
+  for (const f of dead) {
+    await stopExport(ctx.virsh, f, ctx.log);
+    ctx.stdout(`released the export of ${domain} left by instance ${f.instance.id}, which is no longer running\n`);
+  }
+  if (dead.length > 0) return;
   // Nothing of vircpt export's: say precisely what is there, and touch none of it.
   const info = await jobInfo(ctx.virsh, domain).catch(() => undefined);
   if (info && info.type !== 'None') {
     const job = info.operation === 'Backup' ? await describeBackup(ctx.virsh, domain) : undefined;
     const owner = ownerOfPath(ctx.dirs, job?.socket);
+    if (owner && !instanceAlive(owner)) {
+      await assertNoJob(ctx.virsh, Instance.of('cli', ctx.dirs), domain, ctx.log, Promise.resolve(info)); // ends it
+      ctx.stdout(`released the backup job of ${domain} left by instance ${owner}, which is no longer running\n`);
+      return;
+    }
     if (owner) throw new VircptError('JOB_ACTIVE', `domain ${domain} is exported by a vircptfs mount (instance ${owner}), not by vircpt export; unmount it instead`);
     throw new VircptError('FOREIGN_JOB', `domain ${domain} has a ${info.operation || 'libvirt'} job that vircpt did not start; refusing to abort it`);
   }
