@@ -144,6 +144,31 @@ static napi_value ReplyBuf(napi_env env, napi_callback_info info) {
   return answered;
 }
 
+// replyBufLater(session, slot, data, length, token): like replyBuf, but written by a writer
+// thread (writers.h); data must stay untouched until onWritten(token). False when the request
+// was answered already (then nothing is queued and onWritten(token) never comes).
+static napi_value ReplyBufLater(napi_env env, napi_callback_info info) {
+  REPLY_PROLOGUE(5)
+  void *data = NULL;
+  size_t size = 0;
+  napi_typedarray_type type;
+  uint32_t length = 0;
+  double token = 0;
+  napi_get_value_uint32(env, argv[3], &length);
+  get_double(env, argv[4], &token);
+  if (napi_get_typedarray_info(env, argv[2], &type, &size, &data, NULL, NULL) != napi_ok ||
+      type != napi_uint8_array || length > size) {
+    fuse_reply_err(req, EIO);
+    napi_throw_type_error(env, NULL, "vircptfs addon: replyBufLater needs a Uint8Array holding length bytes");
+    return NULL;
+  }
+  if (s->ended || writers_push(&s->writers, req, data, length, token) != 0) {
+    fuse_reply_buf(req, data, length);  // no writer to hand it to: written here, now
+    napi_get_boolean(env, 0, &answered);
+  }
+  return answered;
+}
+
 // replyDirents(session, slot, names, inodes, modes, offset, size): the directory entries from
 // index offset on that fit in size bytes; an entry's offset is its index + 1.
 static napi_value ReplyDirents(napi_env env, napi_callback_info info) {
@@ -243,6 +268,7 @@ static napi_value Pending(napi_env env, napi_callback_info info) {
   {"replyAttr", NULL, ReplyAttr, NULL, NULL, NULL, napi_default, NULL},          \
   {"replyOpen", NULL, ReplyOpen, NULL, NULL, NULL, napi_default, NULL},          \
   {"replyBuf", NULL, ReplyBuf, NULL, NULL, NULL, napi_default, NULL},            \
+  {"replyBufLater", NULL, ReplyBufLater, NULL, NULL, NULL, napi_default, NULL},  \
   {"replyDirents", NULL, ReplyDirents, NULL, NULL, NULL, napi_default, NULL},    \
   {"replyStatfs", NULL, ReplyStatfs, NULL, NULL, NULL, napi_default, NULL},      \
   {"replyLseek", NULL, ReplyLseek, NULL, NULL, NULL, napi_default, NULL},        \

@@ -23,7 +23,8 @@ export type Dispatch = (op: Op, slot: number, ino: number, a: number, b: number,
   name: string | undefined, uid: number, gid: number, pid: number) => void;
 
 export interface Addon {
-  mount(mountpoint: string, args: string[], dispatch: Dispatch, onEnd: (status: number) => void, stallMs: number): Session;
+  mount(mountpoint: string, args: string[], dispatch: Dispatch, onEnd: (status: number) => void, stallMs: number,
+    onWritten: (token: number) => void): Session;
   detach(s: Session): void;
   stop(s: Session): void;
   destroy(s: Session): void;
@@ -36,6 +37,8 @@ export interface Addon {
   replyAttr(s: Session, slot: number, attr: Float64Array): boolean;
   replyOpen(s: Session, slot: number, fh: number, flags: number): boolean;
   replyBuf(s: Session, slot: number, data: Uint8Array, length: number): boolean;
+  /** Written by a writer thread; true: data stays untouched until onWritten(token). */
+  replyBufLater(s: Session, slot: number, data: Uint8Array, length: number, token: number): boolean;
   replyDirents(s: Session, slot: number, names: string[], inodes: number[], modes: number[], offset: number, size: number): boolean;
   replyStatfs(s: Session, slot: number, fields: Float64Array): boolean;
   replyLseek(s: Session, slot: number, offset: number): boolean;

@@ -15,6 +15,9 @@ const DEFAULT_STATFS: FuseStatfs = {
 };
 /** Read buffers kept for reuse (each up to the largest request, 1 MiB). */
 const POOLED_BUFFERS = 16;
+/** Replies from this size on are written by the addon's writer threads (native/writers.h): the
+ *  kernel's copy of them then runs beside the JavaScript thread. */
+const WRITER_MIN_BYTES = 64 * 1024;
 
 interface Dir { names: string[]; inodes: number[]; modes: number[] }
 
@@ -33,9 +36,12 @@ export class Server {
   readonly #events: ServerEvents;
   readonly #inodes = new Inodes();
   readonly #dirs = new Map<number, Dir>();
-  readonly #reads = new Map<number, AbortController>();
+  readonly #reads = new Map<number, ReadContext>();
   readonly #attr = new Float64Array(Attr.Fields);
   readonly #pool: Buffer[] = [];
+  /** Buffers of replies handed to the addon's writer threads, by token. */
+  readonly #writing = new Map<number, Buffer>();
+  #lastToken = 0;
   #nextDir = 1;
 
   constructor(addon: Addon, ops: FuseOperations, options: FuseMountOptions, events: ServerEvents) {
@@ -183,21 +189,37 @@ export class Server {
     const read = this.#ops.read;
     if (!read) return void this.#addon.replyErr(this.#s, slot, EIO);
     const buf = this.#buffer(length);
-    const abort = new AbortController();
-    this.#reads.set(slot, abort);
-    ctx.signal = abort.signal;
+    const rc = new ReadContext(ctx);
+    this.#reads.set(slot, rc);
     let p: Promise<number>;
-    try { p = read.call(this.#ops, path, fh, buf, length, position, ctx); } catch (err) { p = Promise.reject(err); }
+    try { p = read.call(this.#ops, path, fh, buf, length, position, rc); } catch (err) { p = Promise.reject(err); }
+    let writing = false;
     p.then((n) => {
       if (!Number.isInteger(n) || n < 0 || n > length) throw new RangeError(`read returned ${n} of ${length}`);
-      this.#addon.replyBuf(this.#s, slot, buf, n);
+      if (n < WRITER_MIN_BYTES) return void this.#addon.replyBuf(this.#s, slot, buf, n);
+      // A writer thread copies it to the kernel; the buffer stays ours until written().
+      const token = ++this.#lastToken;
+      writing = this.#addon.replyBufLater(this.#s, slot, buf, n, token);
+      if (writing) this.#writing.set(token, buf);
     }).catch((err: unknown) => {
       this.#addon.replyErr(this.#s, slot, this.#errno(err));
     }).finally(() => {
       // Only now may the buffer serve another read: an interrupted read may still be filling it.
-      if (this.#reads.get(slot) === abort) this.#reads.delete(slot);
-      if (this.#pool.length < POOLED_BUFFERS) this.#pool.push(buf);
+      if (this.#reads.get(slot) === rc) this.#reads.delete(slot);
+      if (!writing) this.#recycle(buf);
     });
+  }
+
+  /** The addon's onWritten: a writer thread has written the reply that held this buffer. */
+  readonly written = (token: number): void => {
+    const buf = this.#writing.get(token);
+    if (!buf) return;
+    this.#writing.delete(token);
+    this.#recycle(buf);
+  };
+
+  #recycle(buf: Buffer): void {
+    if (this.#pool.length < POOLED_BUFFERS) this.#pool.push(buf);
   }
 
   /** A buffer of at least `length` bytes, as a view of exactly `length`. */
@@ -209,10 +231,10 @@ export class Server {
 
   /** FUSE_INTERRUPT: the reader got a signal. Its read is answered EINTR at once. */
   #interrupt(slot: number): void {
-    const abort = this.#reads.get(slot);
-    if (!abort) return;
+    const rc = this.#reads.get(slot);
+    if (!rc) return;
     this.#reads.delete(slot);
-    abort.abort(new Error('the reader was interrupted'));
+    rc.abort();
     this.#addon.replyErr(this.#s, slot, EINTR);
   }
 
@@ -223,5 +245,28 @@ export class Server {
       if (!Number.isSafeInteger(pos) || pos < 0) throw new RangeError(`lseek returned ${pos}`);
       this.#addon.replyLseek(this.#s, slot, pos);
     });
+  }
+}
+
+/** A read's context: its AbortSignal is made only when asked for or when the read is
+ *  interrupted (an AbortController per 128 KiB request costs more than the rest of the dispatch). */
+class ReadContext implements FuseContext {
+  readonly uid: number;
+  readonly gid: number;
+  readonly pid: number;
+  #abort: AbortController | undefined;
+
+  constructor(ctx: FuseContext) {
+    this.uid = ctx.uid;
+    this.gid = ctx.gid;
+    this.pid = ctx.pid;
+  }
+
+  get signal(): AbortSignal {
+    return (this.#abort ??= new AbortController()).signal;
+  }
+
+  abort(): void {
+    (this.#abort ??= new AbortController()).abort(new Error('the reader was interrupted'));
   }
 }
