@@ -31,6 +31,9 @@ export interface ExportManagerOptions {
   freeze?: boolean;
   /** NBD connections per disk where multi-conn is allowed. */
   connections?: number;
+  /** Replace how an export is started and stopped (tests: no libvirt). */
+  start?: (domain: string, checkpoint: string) => Promise<ActiveExport>;
+  stop?: (exp: ActiveExport) => Promise<void>;
 }
 
 export interface Lease {
@@ -45,6 +48,9 @@ interface DomainSlot {
   /** Its result once started. */
   ready: ActiveExport | undefined;
   idle: NodeJS.Timeout | undefined;
+  /** acquire() calls in progress: while any runs, no idle timer is armed (it could stop the
+   *  export that call is about to lease, across its awaits). */
+  acquiring: number;
   /** Stops of this domain's earlier exports: a new start waits for them, since every export of
    *  one domain and instance uses the same socket and folders (and the same job slot). */
   stopping: Promise<void> | undefined;
@@ -65,7 +71,7 @@ export class ExportManager {
 
   #slot(domain: string): DomainSlot {
     let s = this.#slots.get(domain);
-    if (!s) this.#slots.set(domain, (s = { current: undefined, ready: undefined, idle: undefined, stopping: undefined }));
+    if (!s) this.#slots.set(domain, (s = { current: undefined, ready: undefined, idle: undefined, acquiring: 0, stopping: undefined }));
     return s;
   }
 
@@ -80,23 +86,36 @@ export class ExportManager {
     const slot = this.#slot(domain);
     clearTimeout(slot.idle);
     slot.idle = undefined;
+    slot.acquiring++;
+    try {
+      const exp = await this.#current(domain, slot, checkpoint);
+      // close() ran meanwhile and stopped it (or will): no lease on an export being stopped.
+      if (this.#closed) throw new VircptError('NBD_CLOSED', 'the filesystem is shutting down');
+      return this.#lease(domain, exp);
+    } finally {
+      // An acquire that failed may leave an unused export behind: it is released as any other.
+      if (--slot.acquiring === 0 && slot.ready?.refs === 0 && slot.idle === undefined) this.#armIdle(domain, slot.ready);
+    }
+  }
+
+  /** The slot's live export, started (or restarted, when it went away) as needed. */
+  async #current(domain: string, slot: DomainSlot, checkpoint: string): Promise<ActiveExport> {
     let exp = slot.current ? await slot.current.catch(() => undefined) : undefined;
     if (exp && !(await exp.alive())) {
       this.#o.log.warn({ domain }, `export of ${domain} went away; starting a new one`);
       this.#forget(slot, exp);
       exp = undefined;
     }
-    if (!exp) {
-      const starting = (slot.current ??= this.#start(domain, checkpoint));
-      try {
-        exp = await starting;
-        if (slot.current === starting) slot.ready = exp;
-      } catch (err) {
-        if (slot.current === starting) slot.current = undefined;
-        throw err;
-      }
+    if (exp) return exp;
+    const starting = (slot.current ??= this.#start(domain, checkpoint));
+    try {
+      exp = await starting;
+      if (slot.current === starting) slot.ready = exp;
+      return exp;
+    } catch (err) {
+      if (slot.current === starting) slot.current = undefined;
+      throw err;
     }
-    return this.#lease(domain, exp);
   }
 
   #lease(domain: string, exp: ActiveExport): Lease {
@@ -116,6 +135,7 @@ export class ExportManager {
 
   #armIdle(domain: string, exp: ActiveExport): void {
     const slot = this.#slot(domain);
+    if (slot.acquiring > 0 || this.#closed) return; // the last acquire to end arms it
     clearTimeout(slot.idle);
     slot.idle = setTimeout(() => {
       slot.idle = undefined;
@@ -148,8 +168,12 @@ export class ExportManager {
   }
 
   async #start(domain: string, checkpointName: string): Promise<ActiveExport> {
-    const { virsh, log } = this.#o;
     await this.#slot(domain).stopping;
+    return this.#o.start ? this.#o.start(domain, checkpointName) : this.#startWithLibvirt(domain, checkpointName);
+  }
+
+  async #startWithLibvirt(domain: string, checkpointName: string): Promise<ActiveExport> {
+    const { virsh, log } = this.#o;
     // Every look-up at once, the job check too (each virsh call is a process and a connection).
     const job = jobInfo(virsh, domain);
     job.catch(() => undefined); // awaited (and reported) by the start, if it gets that far
@@ -199,6 +223,7 @@ export class ExportManager {
     await exp.close();
     if (exp.borrowed) return;
     try {
+      if (this.#o.stop) return await this.#o.stop(exp);
       await stopExport(this.#o.virsh, { rec: exp.rec, instance: this.#o.instance }, this.#o.log);
     } catch (err) {
       this.#o.log.error({ domain: exp.rec.domain }, `releasing the export of ${exp.rec.domain} failed: ${messageOf(err)}`);

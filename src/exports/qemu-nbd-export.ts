@@ -92,14 +92,24 @@ export async function livePid(pidFile: string): Promise<number | undefined> {
   return cmd.includes(pidFile) && cmd.split('\0')[0]?.endsWith('qemu-nbd') ? pid : undefined;
 }
 
+/** Sends a signal; a process that ended meanwhile (ESRCH) is what we wanted anyway. */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
 async function stopDisk(d: DiskExport): Promise<void> {
   if (!d.pidFile) return;
   const pid = await livePid(d.pidFile);
   if (pid !== undefined) {
-    process.kill(pid, 'SIGTERM');
+    // qemu-nbd may exit between livePid and the kill (a killed server, an earlier SIGTERM).
+    signal(pid, 'SIGTERM');
     const deadline = Date.now() + STOP_TIMEOUT_MS;
     while (processStartTime(pid) !== undefined && Date.now() < deadline) await sleep(20);
-    if (processStartTime(pid) !== undefined) process.kill(pid, 'SIGKILL');
+    if (processStartTime(pid) !== undefined) signal(pid, 'SIGKILL');
   }
   await rm(d.socket, { force: true });
   await rm(d.pidFile, { force: true });

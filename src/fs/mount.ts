@@ -15,7 +15,7 @@ import { Catalog } from './catalog.js';
 import { toErrno } from './errno.js';
 import { Files } from './files.js';
 import { mountFuse, setReadAhead, type FuseMount } from './fuse/index.js';
-import { prepareMountpoint } from './mountpoint.js';
+import { prepareMountpoint, recordMount } from './mountpoint.js';
 import type { FsOptions } from './options.js';
 
 const UNMOUNT_GRACE_MS = 5000;
@@ -33,7 +33,7 @@ export interface RunningFs {
 }
 
 export async function startFilesystem(o: FsOptions & { uri: string }, dirs: RuntimeDirs, log: Logger): Promise<RunningFs> {
-  const { recovered } = await prepareMountpoint(o.mountpoint);
+  const { recovered } = await prepareMountpoint(o.mountpoint, dirs.runDir);
   if (recovered) log.warn(`${o.mountpoint} held a dead mount (its daemon was killed); detached it`);
   // A mount over files would hide them: refused (libfuse 3 allows it, libfuse 2 did not).
   if ((await readdir(o.mountpoint).catch(() => [])).length > 0) {
@@ -85,6 +85,11 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
     virsh.close();
     throw err;
   }
+  // Which instance serves this mount: a later start takes it over only once that one is dead.
+  const forgetMount = await recordMount(dirs.runDir, instance.id, fuse.mountpoint).catch((err: unknown) => {
+    log.warn(`mount not recorded under ${dirs.runDir}: ${messageOf(err)}`);
+    return async () => {};
+  });
   await setReadAhead(fuse.mountpoint, o.readaheadKb).catch((err: unknown) => log.warn(`read-ahead not set: ${messageOf(err)}`));
   log.info({ mountpoint: fuse.mountpoint, uri: o.uri }, `mounted ${o.uri} at ${fuse.mountpoint}`);
 
@@ -95,6 +100,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
     await Promise.race([manager.close(), sleep(RELEASE_BOUND_MS, undefined, { ref: false })]);
     cache.clear();
     virsh.close();
+    await forgetMount();
     await handOver(o, dirs, instance.id, log);
   })());
   const done = fuse.exited.then(async (exit) => {

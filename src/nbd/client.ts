@@ -105,8 +105,8 @@ export class NbdClient {
   }
 
   /**
-   * Reads [offset, offset+length) into `into` (or a new Buffer). After an ABORTED or TIMEOUT
-   * rejection, the rest of one data chunk may still land in `into` with the next socket read.
+   * Reads [offset, offset+length) into `into` (or a new Buffer). Once it has rejected (ABORTED,
+   * TIMEOUT, a closed connection), no byte lands in `into` any more (connection.ts).
    */
   async read(offset: number, length: number, into?: Buffer, signal?: AbortSignal): Promise<Buffer> {
     this.#checkOpen();
@@ -146,12 +146,13 @@ export class NbdClient {
     signal: AbortSignal | undefined, onBlockStatus?: (id: number, extents: Uint32Array) => void): Promise<void> {
     const bytes = command === NBD_CMD_READ ? length : 0;
     await this.#limiter.acquire(bytes, signal);
-    try {
-      await this.#conn.submit(command, offset, length, sink, { signal, ...(onBlockStatus && { onBlockStatus }) });
-    } finally {
+    // A request its caller abandoned keeps its place in the limiter until it is off the wire:
+    // the server still works on it, and the budgets are about what the server holds.
+    const onRetired = () => {
       this.#limiter.release(bytes);
       if (this.#limiter.active === 0) this.#idle?.();
-    }
+    };
+    await this.#conn.submit(command, offset, length, sink, { signal, onRetired, ...(onBlockStatus && { onBlockStatus }) });
   }
 
   /** Extents of one negotiated meta context, covering exactly [offset, offset+length). */

@@ -1,6 +1,16 @@
 // One NBD connection: the socket, the parser, the option exchange of the handshake and the
 // table of requests in flight. Bulk data lands straight in the caller's buffer: the socket's
 // `onread` buffer supplier hands out the parser's current OFFSET_DATA destination.
+//
+// The contract for a request its caller abandons (its signal aborts): the caller is told at
+// once, except when the socket already holds its buffer for the next read (Node picks that
+// buffer right after the previous read, so the read lands there whatever JS does meanwhile);
+// then the caller is told right after that read. From then on not one byte reaches the
+// caller's buffer: the rest of the reply is parsed into the scratch buffer and dropped. The
+// request stays in flight, on the wire, until its reply ends (onRetired tells the client, whose
+// limiter counts it until then). A request its server does not answer within requestTimeoutMs
+// ends the connection: nothing behind a stalled reply can arrive, and an unanswered request
+// would hold its place for ever.
 
 import net from 'node:net';
 import { VircptError } from '../errors.js';
@@ -25,13 +35,19 @@ export interface OptionReply { reply: number; data: Buffer }
 export interface OptionResult { replies: OptionReply[]; final: OptionReply }
 
 interface Request extends ReplyTarget {
-  settle(error?: VircptError): void;
+  /** The reply ended, or the connection failed: tells the caller (unless told), retires it. */
+  finish(error?: VircptError): void;
+  /** The socket's pending read (into the caller's buffer) is done: a deferred abandon is told. */
+  flush(): void;
   onBlockStatus: ((contextId: number, extents: Uint32Array) => void) | undefined;
 }
 
 export interface SubmitOptions {
   signal?: AbortSignal | undefined;
   onBlockStatus?: (contextId: number, extents: Uint32Array) => void;
+  /** Called once when the request is off the wire: its reply ended, or it never went out, or the
+   *  connection failed. An abandoned request retires only then, after its caller was told. */
+  onRetired?: () => void;
 }
 
 const SCRATCH_SIZE = 256 * 1024;
@@ -55,6 +71,8 @@ export class NbdConnection {
   readonly #inFlight = new Map<number, Request>();
   readonly #scratch = Buffer.allocUnsafe(SCRATCH_SIZE);
   #direct: Buffer | undefined;
+  /** The request whose buffer #direct is: the socket reads into it next. */
+  #directOwner: Request | undefined;
   #nextCookie = 1;
   #waiter: { replies: OptionReply[]; resolve(r: OptionResult | number): void; reject(e: Error): void } | undefined;
   #failure: VircptError | undefined;
@@ -117,13 +135,18 @@ export class NbdConnection {
   #nextBuffer(): Buffer {
     const target = this.#parser.readTarget();
     this.#direct = target !== undefined && target.length >= DIRECT_READ_MIN ? target : undefined;
+    this.#directOwner = this.#direct && (this.#parser.readOwner() as Request | undefined);
     return this.#direct ?? this.#scratch;
   }
 
   #onRead(n: number, buf: Uint8Array): boolean {
-    if (this.#parser.dead) return true;
-    if (buf === this.#direct) this.#parser.advanceDirect(n);
-    else this.#parser.push(this.#scratch.subarray(0, n));
+    const owner = this.#directOwner;
+    this.#directOwner = undefined;
+    if (!this.#parser.dead) {
+      if (buf === this.#direct) this.#parser.advanceDirect(n);
+      else this.#parser.push(this.#scratch.subarray(0, n));
+    }
+    owner?.flush();
     return true;
   }
 
@@ -179,25 +202,40 @@ export class NbdConnection {
 
   /** Sends one request; resolves when its reply is complete. */
   submit(command: number, offset: number, length: number, sink: Buffer | undefined, options: SubmitOptions = {}): Promise<void> {
-    if (this.#closing) return Promise.reject(closedError('NBD connection is closed'));
-    if (this.#failure) return Promise.reject(this.#failure);
+    const early = this.#closing ? closedError('NBD connection is closed') : this.#failure;
+    if (early) {
+      options.onRetired?.();
+      return Promise.reject(early);
+    }
     const cookie = this.#nextCookie++;
     return new Promise<void>((resolve, reject) => {
       const { signal } = options;
-      const timer = setTimeout(() => request.settle(timeoutError(`NBD request ${cookie}`, this.#requestTimeoutMs)), this.#requestTimeoutMs);
-      const onAbort = () => request.settle(abortedError(signal!, `NBD request ${cookie}`));
+      // Unanswered in time: the connection is not to be trusted (see the top of this file).
+      const timer = setTimeout(() => this.destroy(timeoutError(`NBD request ${cookie}`, this.#requestTimeoutMs)), this.#requestTimeoutMs);
+      let told = false;
+      let deferred: VircptError | undefined;
+      const tell = (error: VircptError | undefined) => {
+        if (told) return;
+        told = true;
+        signal?.removeEventListener('abort', onAbort);
+        if (error) reject(error); else resolve();
+      };
+      const onAbort = () => {
+        // No byte of this request may reach the caller's buffer any more.
+        request.sink = undefined;
+        request.onBlockStatus = undefined;
+        const error = abortedError(signal!, `NBD request ${cookie}`);
+        if (this.#directOwner === request) deferred = error;
+        else tell(error);
+      };
       const request: Request = {
         command, offset, length, sink, onBlockStatus: options.onBlockStatus,
-        settle: (error) => {
+        finish: (error) => {
           clearTimeout(timer);
-          signal?.removeEventListener('abort', onAbort);
-          // An abandoned request stays in the table so that its late reply is still parsed,
-          // but no byte of it may reach the caller's buffer any more.
-          request.sink = undefined;
-          request.onBlockStatus = undefined;
-          request.settle = () => {};
-          if (error) reject(error); else resolve();
+          tell(deferred ?? error);
+          options.onRetired?.();
         },
+        flush: () => { if (deferred) tell(deferred); },
       };
       this.#inFlight.set(cookie, request);
       signal?.addEventListener('abort', onAbort, { once: true });
@@ -219,7 +257,7 @@ export class NbdConnection {
   #onDone(cookie: number, error: VircptError | undefined): void {
     const request = this.#inFlight.get(cookie);
     this.#inFlight.delete(cookie);
-    request?.settle(error);
+    request?.finish(error);
     if (this.#inFlight.size === 0) this.#drained?.();
   }
 
@@ -230,7 +268,8 @@ export class NbdConnection {
     this.#waiter = undefined;
     const requests = [...this.#inFlight.values()];
     this.#inFlight.clear();
-    for (const request of requests) request.settle(this.#failure);
+    this.#directOwner = undefined; // the socket is closed or about to be, in this same tick
+    for (const request of requests) request.finish(this.#failure);
     this.#drained?.();
   }
 

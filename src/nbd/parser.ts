@@ -104,6 +104,11 @@ export class NbdParser {
     return sink.subarray(start, start + this.#dataLeft);
   }
 
+  /** The request whose payload readTarget() returns (the sink's owner), if any. */
+  readOwner(): ReplyTarget | undefined {
+    return this.readTarget() === undefined ? undefined : this.#target;
+  }
+
   /** n bytes were read straight into the buffer readTarget() returned. */
   advanceDirect(n: number): void {
     if (this.#state !== 'DATA_PAYLOAD' || n > this.#dataLeft) throw new RangeError('advanceDirect outside a data payload');

@@ -2,7 +2,7 @@
 // reader inside: the daemon exits 0 and leaves no job, qemu-nbd, socket, scratch file or mount.
 // And startup errors: non-zero exit, one clear line, nothing mounted, no process left.
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,6 +11,8 @@ import { Lab, type LabVm } from '../lab/lab.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { freshMountpoint, mountEntry, mountFs, runFs, type FsMount, type StopHow } from '../lab/mount.js';
 import { defaultRuntimeDirs, processStartTime } from '../../src/exports/runtime.js';
+import { requireTools } from '../lab/tools.js';
+import { startNbdkit } from '../nbd/servers.js';
 import { assertSameBytes, checkpoint, MiB, reference } from './helpers.js';
 
 /** Reads random 64 KiB blocks from one open fd until a read fails; says so on stdout. */
@@ -56,14 +58,21 @@ async function fuseHolders(pids: number[]): Promise<number[]> {
   return pids.filter((_, i) => held[i]);
 }
 
-/** The folders of a killed vircptfs instance (its jobs end with the lab's VMs). */
-async function removeInstance(pid: number): Promise<void> {
+/** The folders of a vircptfs instance under the run and scratch folders. */
+async function instanceEntries(pid: number): Promise<string[]> {
   const dirs = defaultRuntimeDirs();
+  const found: string[] = [];
   for (const root of [dirs.runDir, dirs.scratchRoot]) {
     for (const id of await readdir(root).catch(() => [] as string[])) {
-      if (id.startsWith(`fs-${pid}-`)) await rm(path.join(root, id), { recursive: true, force: true });
+      if (id.startsWith(`fs-${pid}-`)) found.push(path.join(root, id));
     }
   }
+  return found;
+}
+
+/** The folders of a killed vircptfs instance (its jobs end with the lab's VMs). */
+async function removeInstance(pid: number): Promise<void> {
+  for (const dir of await instanceEntries(pid)) await rm(dir, { recursive: true, force: true });
 }
 
 describe('vircptfs unmount and exit', () => {
@@ -219,6 +228,7 @@ describe('vircptfs unmount and exit', () => {
       assert.equal(await on.jobType(), 'None', `the crashed instance's job was ended; the new daemon said:\n${next.stderr}`);
       for (const pid of pids) assert.equal(processStartTime(pid), undefined, `its qemu-nbd ${pid} was stopped`);
       for (const vm of [on, off]) assert.deepEqual(await leftoversOf(vm.name), [], 'its folders are gone');
+      assert.deepEqual(await instanceEntries(m.pid), [], 'nothing of the dead instance is left');
       const again = await useBoth(next);
       assert.deepEqual(await next.stop('SIGTERM'), { code: 0, signal: null }, next.stderr);
       await assertNothingLeft(next, again);
@@ -234,6 +244,29 @@ describe('vircptfs unmount and exit', () => {
     }
   });
   }
+
+  it('a dead FUSE mount of another filesystem (nbdfuse killed) is left alone: busy', async () => {
+    await requireTools('nbdfuse', 'nbdkit');
+    const dir = await freshMountpoint('foreign');
+    const server = await startNbdkit({ plugin: ['memory', '1M'] });
+    const fuse = execa('nbdfuse', [dir, '--unix', server.socketPath!], { reject: false, stdio: 'ignore' });
+    try {
+      await until('nbdfuse mounted', async () => (await mountEntry(dir))?.type === 'fuse');
+      process.kill(fuse.pid!, 'SIGKILL');
+      await fuse;
+      const dead = async () => (await statfs(dir).then(() => 'answers', (e: NodeJS.ErrnoException) => e.code)) === 'ENOTCONN';
+      await until('the nbdfuse mount is dead', dead, 5000);
+      const r = await runFs(['-f', 'qemu:///system', dir]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /^vircptfs: mountpoint .* is busy: a fuse filesystem is mounted there$/m);
+      assert.equal((await mountEntry(dir))?.type, 'fuse', 'the dead mount is not ours to detach');
+    } finally {
+      kill(fuse.pid);
+      await execa('fusermount3', ['-uz', dir], { reject: false });
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 
   describe('startup errors: non-zero exit, one clear line on stderr, nothing mounted, no process left', () => {
     let dir: string;
