@@ -33,6 +33,12 @@ export interface ExportManagerOptions {
   connections?: number;
 }
 
+/** Who opened the file that starts an export (the FUSE request context), when known. */
+export interface Opener {
+  uid: number;
+  pid: number;
+}
+
 export interface Lease {
   readonly export: ActiveExport;
   /** Idempotent. */
@@ -74,8 +80,8 @@ export class ExportManager {
     return this.#slots.get(domain)?.ready;
   }
 
-  /** Holds the domain's export, starting it at `checkpoint` when none runs. */
-  async acquire(domain: string, checkpoint: string): Promise<Lease> {
+  /** Holds the domain's export, starting it at `checkpoint` when none runs (for `opener`). */
+  async acquire(domain: string, checkpoint: string, opener?: Opener): Promise<Lease> {
     if (this.#closed) throw new VircptError('NBD_CLOSED', 'the filesystem is shutting down');
     const slot = this.#slot(domain);
     clearTimeout(slot.idle);
@@ -87,6 +93,11 @@ export class ExportManager {
       exp = undefined;
     }
     if (!exp) {
+      if (!slot.current) {
+        // Starting an export costs the VM (a backup job, a scratch file that grows): say who asked.
+        const who = opener ? `uid ${opener.uid} (pid ${opener.pid})` : 'an unknown opener';
+        this.#o.log.info({ domain, checkpoint, uid: opener?.uid, pid: opener?.pid }, `starting the export of ${domain} at checkpoint ${checkpoint} for ${who}`);
+      }
       const starting = (slot.current ??= this.#start(domain, checkpoint));
       try {
         exp = await starting;
