@@ -96,7 +96,7 @@ export class ExportManager {
       if (!slot.current) {
         // Starting an export costs the VM (a backup job, a scratch file that grows): say who asked.
         const who = opener ? `uid ${opener.uid} (pid ${opener.pid})` : 'an unknown opener';
-        this.#o.log.info({ domain, checkpoint, uid: opener?.uid, pid: opener?.pid }, `starting the export of ${domain} at checkpoint ${checkpoint} for ${who}`);
+        this.#o.log.info({ domain, checkpoint }, `starting the export of ${domain} at checkpoint ${checkpoint} for ${who}`);
       }
       const starting = (slot.current ??= this.#start(domain, checkpoint));
       try {
