@@ -136,9 +136,14 @@ export class VirshSession {
     const stderr = this.#err.slice(0, e);
     this.#err = this.#err.slice(e + errEnd.length);
     // Drop the echoed command line before the output, and the echoed first marker after it.
-    const echoed = `${p.line}\n`;
-    const at = stdout.indexOf(echoed);
-    if (at >= 0) stdout = stdout.slice(at + echoed.length);
+    // readline breaks an echo wider than its screen with carriage returns (in the C locale each
+    // byte of a UTF-8 name counts as four columns), so the echo is found by the prompt and the
+    // command's first word, and ends at the first newline: the line itself never holds one.
+    const at = stdout.indexOf(`${PROMPT}${p.line.slice(0, p.line.indexOf(' ') >>> 0)}`);
+    if (at >= 0) {
+      const nl = stdout.indexOf('\n', at);
+      stdout = nl < 0 ? '' : stdout.slice(nl + 1);
+    }
     const tail = stdout.lastIndexOf(`${PROMPT}echo --err ${p.marker}\n`);
     if (tail >= 0) stdout = stdout.slice(0, tail);
     clearTimeout(this.#timer);

@@ -69,6 +69,16 @@ describe('virsh session mode', () => {
     }
   });
 
+  it('answers as a virsh process does when the echoed command line is wider than the screen', async () => {
+    // In the C locale readline counts each byte of a UTF-8 name as four columns and breaks the
+    // echo of a long line with carriage returns.
+    const wide = await lab.vm({ start: false, name: (p) => `${p} 'q"&\\%2f ünïcødé ${'x'.repeat(120)}`, disks: [{ target: 'vda', size: MiB }] });
+    for (const q of [['domstate', '--', wide.name], ['dumpxml', '--', wide.name], ['checkpoint-list', '--name', '--', wide.name]]) {
+      assert.equal(await session.run(q), await oneShot.run(q), `virsh ${q[0]!}`);
+    }
+    assert.equal((await session.run(['domstate', '--', wide.name])).trim(), 'shut off');
+  });
+
   it('fails as a virsh process does, with libvirt words and the same code', async () => {
     const odd = `no such ' "dom" ; echo x \\ $HOME`;
     const cases = [
