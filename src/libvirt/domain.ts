@@ -60,7 +60,12 @@ export async function getDomain(virsh: Virsh, name: string): Promise<DomainDetai
     virsh.run(['dumpxml', '--', name]),
     virsh.run(['domstate', '--', name]),
   ]);
-  return parseDomainXml(xml, state.trim());
+  const dom = parseDomainXml(xml, state.trim());
+  // The XML parser trims text, and a domain's name may begin or end with spaces or a tab: when
+  // libvirt found the domain by the very name asked for, that name is the exact one (a trimmed
+  // name would be another domain's).
+  if (dom.name === name.trim()) dom.name = name;
+  return dom;
 }
 
 export function parseDomainXml(xml: string, state: string): DomainDetails {

@@ -64,7 +64,9 @@ export class VirshSession {
   /** Runs `virsh ARGS` in the session. Rejects only when the session itself failed. */
   run(args: readonly string[], timeoutMs: number): Promise<SessionResult> {
     if (this.#closed) return Promise.reject(new Error('virsh session closed'));
-    if (args.some((a) => a.includes('\n'))) return Promise.reject(new Error('virsh session: an argument has a newline'));
+    // The shell reads lines through readline: a newline would end the command, a tab would ask
+    // for completion. Such an argument (a domain name may hold a tab) goes to a virsh process.
+    if (args.some((a) => /[\x00-\x1f\x7f]/.test(a))) return Promise.reject(new Error('virsh session: an argument has a control character'));
     return new Promise((resolve, reject) => {
       const marker = `@@vircpt-${this.#id}-${++this.#seq}@@`;
       this.#queue.push({ line: args.map(quoteArg).join(' '), marker, timeoutMs, resolve, reject });

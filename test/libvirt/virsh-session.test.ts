@@ -69,10 +69,10 @@ describe('virsh session mode', () => {
     }
   });
 
-  it('answers as a virsh process does when the echoed command line is wider than the screen', async () => {
+  it('answers as a virsh process does for a name wider than the screen, or holding a tab', async () => {
     // In the C locale readline counts each byte of a UTF-8 name as four columns and breaks the
-    // echo of a long line with carriage returns.
-    const wide = await lab.vm({ start: false, name: (p) => `${p} 'q"&\\%2f ünïcødé ${'x'.repeat(120)}`, disks: [{ target: 'vda', size: MiB }] });
+    // echo of a long line with carriage returns; a tab typed into it asks for completion.
+    const wide = await lab.vm({ start: false, name: (p) => `${p} 'q"&\\%2f\tünïcødé ${'x'.repeat(120)}`, disks: [{ target: 'vda', size: MiB }] });
     for (const q of [['domstate', '--', wide.name], ['dumpxml', '--', wide.name], ['checkpoint-list', '--name', '--', wide.name]]) {
       assert.equal(await session.run(q), await oneShot.run(q), `virsh ${q[0]!}`);
     }
