@@ -28,6 +28,8 @@ export type ErrorCode =
   | 'BUSY'
   | 'READ_ONLY'
   | 'INVALID'
+  /** A path component longer than NAME_MAX. */
+  | 'NAME_TOO_LONG'
   /** lseek SEEK_DATA/SEEK_HOLE: no data after the offset, or the offset is past the end. */
   | 'NO_DATA'
   /** Not enough free space for an export's scratch images (below the scratch reserve). */

@@ -30,10 +30,17 @@ Options (-o, comma-separated, repeatable):
   freeze | nofreeze    guest-agent fsfreeze around export start (default freeze, when the agent answers)
   readahead=KB         kernel read-ahead of the mount (default ${DEFAULTS.readaheadKb})
   log=FILE             log to FILE (daemon mode logs there; default: syslog is not used, see README)
-  allow_other          let other users read the mount (default: only the mounting user)
-  default_permissions  let the kernel check permissions
+  allow_other          let other users reach the mount; what they may read, uid/gid/umask say
+                       (default: only the mounting user)
+  uid=USER, gid=GROUP  owner and group of every file and directory, a name or a number
+                       (default: the mounting user and its group)
+  umask=MODE           octal, taken from 0444 (files) and 0555 (directories) (default 0077:
+                       0400 and 0500, the owner only); the kernel checks these modes
   Accepted and ignored (mount(8)/fstab): defaults ro rw dev nodev suid nosuid exec noexec atime
-  noatime relatime auto noauto user users nofail _netdev x-*
+  noatime relatime auto noauto user users nofail _netdev x-* default_permissions (always on)
+
+Only root can mount (exports need root). allow_other,gid=vmscan,umask=0027 lets the members of
+group vmscan read, and no one else.
 
 Unmount with: umount MOUNTPOINT (or fusermount3 -u MOUNTPOINT); every export is released.
 `;
@@ -52,6 +59,9 @@ export function parseOrExit(argv: string[], deps: FsDeps): FsOptions | number {
   try {
     const o = parseFsArgs(argv);
     sourceUri(o.source, defaultUri());
+    // Exports need root: their sockets and scratch folders belong to QEMU's user and /run/vircptfs
+    // is root's. Refused before anything is mounted, rather than failing at the first open.
+    if (process.getuid?.() !== 0) throw new VircptError('USAGE', 'only root can mount vircptfs (exports need root)');
     return o;
   } catch (err) {
     deps.stderr(`vircptfs: ${messageOf(err)}\n(vircptfs --help for usage)\n`);

@@ -36,6 +36,12 @@ export interface ExportManagerOptions {
   stop?: (exp: ActiveExport) => Promise<void>;
 }
 
+/** Who opened the file that starts an export (the FUSE request context), when known. */
+export interface Opener {
+  uid: number;
+  pid: number;
+}
+
 export interface Lease {
   readonly export: ActiveExport;
   /** Idempotent. */
@@ -80,15 +86,15 @@ export class ExportManager {
     return this.#slots.get(domain)?.ready;
   }
 
-  /** Holds the domain's export, starting it at `checkpoint` when none runs. */
-  async acquire(domain: string, checkpoint: string): Promise<Lease> {
+  /** Holds the domain's export, starting it at `checkpoint` when none runs (for `opener`). */
+  async acquire(domain: string, checkpoint: string, opener?: Opener): Promise<Lease> {
     if (this.#closed) throw new VircptError('NBD_CLOSED', 'the filesystem is shutting down');
     const slot = this.#slot(domain);
     clearTimeout(slot.idle);
     slot.idle = undefined;
     slot.acquiring++;
     try {
-      const exp = await this.#current(domain, slot, checkpoint);
+      const exp = await this.#current(domain, slot, checkpoint, opener);
       // close() ran meanwhile and stopped it (or will): no lease on an export being stopped.
       if (this.#closed) throw new VircptError('NBD_CLOSED', 'the filesystem is shutting down');
       return this.#lease(domain, exp);
@@ -99,7 +105,7 @@ export class ExportManager {
   }
 
   /** The slot's live export, started (or restarted, when it went away) as needed. */
-  async #current(domain: string, slot: DomainSlot, checkpoint: string): Promise<ActiveExport> {
+  async #current(domain: string, slot: DomainSlot, checkpoint: string, opener?: Opener): Promise<ActiveExport> {
     let exp = slot.current ? await slot.current.catch(() => undefined) : undefined;
     if (exp && !(await exp.alive())) {
       this.#o.log.warn({ domain }, `export of ${domain} went away; starting a new one`);
@@ -107,6 +113,11 @@ export class ExportManager {
       exp = undefined;
     }
     if (exp) return exp;
+    if (!slot.current) {
+      // Starting an export costs the VM (a backup job, a scratch file that grows): say who asked.
+      const who = opener ? `uid ${opener.uid} (pid ${opener.pid})` : 'an unknown opener';
+      this.#o.log.info({ domain, checkpoint }, `starting the export of ${domain} at checkpoint ${checkpoint} for ${who}`);
+    }
     const starting = (slot.current ??= this.#start(domain, checkpoint));
     try {
       exp = await starting;

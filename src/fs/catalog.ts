@@ -5,6 +5,8 @@ import { VircptError } from '../errors.js';
 import { listCheckpoints, type Checkpoint } from '../libvirt/checkpoint.js';
 import { blockInfo, listDomains, type BlockInfo } from '../libvirt/domain.js';
 import type { Virsh } from '../libvirt/virsh.js';
+import type { Logger } from '../log.js';
+import { isPathComponent } from './tree.js';
 
 export interface DomainEntry {
   name: string;
@@ -17,6 +19,8 @@ export interface CatalogOptions {
   domains?: readonly string[];
   /** How long a listing stays fresh (ms). */
   ttlMs?: number;
+  /** Where names left out of the tree are reported (once each). */
+  log?: Logger;
 }
 
 const DOMAINS_KEY = '';
@@ -28,9 +32,12 @@ export class Catalog {
   readonly #only: ReadonlySet<string>;
   readonly #domainList: LRUCache<string, string[]>;
   readonly #entries: LRUCache<string, DomainEntry>;
+  readonly #log: Logger | undefined;
+  readonly #leftOut = new Set<string>();
 
   constructor(virsh: Virsh, opts: CatalogOptions = {}) {
     this.#virsh = virsh;
+    this.#log = opts.log;
     this.#only = new Set(opts.domains ?? []);
     const ttl = opts.ttlMs ?? 2000;
     // Stale entries are served while a refresh runs in the background: a lookup never waits on
@@ -38,13 +45,25 @@ export class Catalog {
     const stale = { allowStale: true, noDeleteOnStaleGet: true, allowStaleOnFetchRejection: true } as const;
     this.#domainList = new LRUCache<string, string[]>({
       max: 1, ttl, ...stale,
-      fetchMethod: async () => (await listDomains(virsh)).map((d) => d.name).filter((n) => this.#allowed(n)),
+      fetchMethod: async () => (await listDomains(virsh)).map((d) => d.name)
+        .filter((n) => this.#allowed(n) && this.#showable(n, `domain ${JSON.stringify(n)}`)),
     });
     this.#entries = new LRUCache<string, DomainEntry>({ max: 1024, ttl, ...stale, fetchMethod: (name) => this.#load(name) });
   }
 
   #allowed(name: string): boolean {
     return this.#only.size === 0 || this.#only.has(name);
+  }
+
+  /** A name a path can hold as it is; any other is left out (logged once), never renamed, so that
+   *  no path can lead to a domain or checkpoint other than the one it names. */
+  #showable(name: string, what: string): boolean {
+    if (isPathComponent(name)) return true;
+    if (!this.#leftOut.has(what) && this.#leftOut.size < 1000) {
+      this.#leftOut.add(what);
+      this.#log?.warn(`${what} left out of the tree: not usable as a file name`);
+    }
+    return false;
   }
 
   async domains(): Promise<string[]> {
@@ -91,7 +110,8 @@ export class Catalog {
 
   async #load(name: string): Promise<DomainEntry> {
     try {
-      const [checkpoints, sizes] = await Promise.all([listCheckpoints(this.#virsh, name), blockInfo(this.#virsh, name)]);
+      const [all, sizes] = await Promise.all([listCheckpoints(this.#virsh, name), blockInfo(this.#virsh, name)]);
+      const checkpoints = all.filter((c) => this.#showable(c.name, `checkpoint ${JSON.stringify(c.name)} of ${name}`));
       return { name, checkpoints, sizes };
     } catch (err) {
       if (err instanceof VircptError && err.code === 'DOMAIN_NOT_FOUND') {

@@ -18,13 +18,14 @@ export const EISDIR = 21;
 export const EINVAL = 22;
 export const ENOSPC = 28;
 export const EROFS = 30;
+export const ENAMETOOLONG = 36;
 export const EOVERFLOW = 75;
 export const ENOTSUP = 95;
 
 export const ERRNO_NAMES: Readonly<Record<number, string>> = {
   [EPERM]: 'EPERM', [ENOENT]: 'ENOENT', [EINTR]: 'EINTR', [EIO]: 'EIO', [ENXIO]: 'ENXIO', [EBADF]: 'EBADF',
   [ENOMEM]: 'ENOMEM', [EACCES]: 'EACCES', [EBUSY]: 'EBUSY', [EEXIST]: 'EEXIST', [EISDIR]: 'EISDIR',
-  [EINVAL]: 'EINVAL', [ENOSPC]: 'ENOSPC', [EROFS]: 'EROFS', [EOVERFLOW]: 'EOVERFLOW', [ENOTSUP]: 'ENOTSUP',
+  [EINVAL]: 'EINVAL', [ENOSPC]: 'ENOSPC', [EROFS]: 'EROFS', [ENAMETOOLONG]: 'ENAMETOOLONG', [EOVERFLOW]: 'EOVERFLOW', [ENOTSUP]: 'ENOTSUP',
 };
 
 /** What a reader gets for an error code: `errno`, or `'server'` for the NBD server's own errno. */
@@ -43,6 +44,7 @@ export const ERRNO_TABLE: Readonly<Record<ErrorCode, ErrnoRow>> = {
   DISK_NOT_FOUND: { errno: ENOENT, meaning: 'the disk is not in this checkpoint' },
   READ_ONLY: { errno: EROFS, meaning: 'an open for writing: everything is read-only' },
   INVALID: { errno: EINVAL, meaning: 'a request the filesystem does not take (lseek whence, readdir of a file)' },
+  NAME_TOO_LONG: { errno: ENAMETOOLONG, meaning: 'a path component longer than 255 bytes' },
   USAGE: { errno: EINVAL, meaning: 'bad input' },
   NO_DATA: { errno: ENXIO, meaning: 'lseek SEEK_DATA/SEEK_HOLE: nothing of that kind after the offset' },
   BUSY: { errno: EBUSY, meaning: 'the running export of the domain cannot serve this file (another checkpoint\'s dirty map, a disk it lacks): close the domain\'s files and retry once it is released' },

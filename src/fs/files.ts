@@ -9,11 +9,15 @@ import type { ExportManager, Lease } from '../exports/manager.js';
 import type { NbdDisk } from '../exports/nbd-disk.js';
 import type { Logger } from '../log.js';
 import { checkpointDisks, type Catalog } from './catalog.js';
-import type { FuseOpenResult, FuseOperations, FuseStat } from './fuse/index.js';
-import { DIRTY_MAP, diskFileName, parsePath } from './tree.js';
+import type { FuseContext, FuseOpenResult, FuseOperations, FuseStat, FuseStatfs } from './fuse/index.js';
+import { DIRTY_MAP, diskFileName, NAME_MAX, parsePath, type Node } from './tree.js';
 
-const DIR_MODE = C.S_IFDIR | 0o555;
-const FILE_MODE = C.S_IFREG | 0o444;
+/** Base modes, before the mount's umask: read-only files and directories. */
+const DIR_BASE = 0o555;
+const FILE_BASE = 0o444;
+/** statvfs(3) f_flag: read-only, no setuid. */
+const ST_RDONLY = 1;
+const ST_NOSUID = 2;
 const MAX_HANDLES = 0xffff_ffff;
 /** lseek(2) whences the kernel passes on (linux/fs.h); it answers SEEK_SET/CUR/END itself. */
 const SEEK_DATA = 3;
@@ -28,8 +32,11 @@ export interface FilesOptions {
   manager: ExportManager;
   cache: BlockCache;
   log: Logger;
+  /** Owner and group of every file and directory. */
   uid: number;
   gid: number;
+  /** Mode bits taken away from 0444 / 0555; the kernel enforces the result (default_permissions). */
+  umask: number;
   /** The mount's own time, for the root. */
   mountedAt: Date;
 }
@@ -42,9 +49,13 @@ export class Files implements FuseOperations {
   /** Per disk file: the export (source id) its pages in the kernel's cache were read from. */
   readonly #pagesFrom = new Map<string, string>();
   #nextFh = 1;
+  readonly #dirMode: number;
+  readonly #fileMode: number;
 
   constructor(opts: FilesOptions) {
     this.#o = opts;
+    this.#dirMode = C.S_IFDIR | (DIR_BASE & ~opts.umask);
+    this.#fileMode = C.S_IFREG | (FILE_BASE & ~opts.umask);
   }
 
   get openCount(): number {
@@ -52,7 +63,7 @@ export class Files implements FuseOperations {
   }
 
   #stat(mode: number, size: number, mtime: Date, blocks?: number): FuseStat {
-    const s: FuseStat = { mode, size, mtime, atime: mtime, ctime: mtime, uid: this.#o.uid, gid: this.#o.gid, nlink: mode === DIR_MODE ? 2 : 1 };
+    const s: FuseStat = { mode, size, mtime, atime: mtime, ctime: mtime, uid: this.#o.uid, gid: this.#o.gid, nlink: mode === this.#dirMode ? 2 : 1 };
     if (blocks !== undefined) s.blocks = blocks;
     return s;
   }
@@ -62,27 +73,27 @@ export class Files implements FuseOperations {
     return this.#o.manager.peek(domain)?.startedAt ?? new Date(creation * 1000);
   }
 
-  async getattr(path: string): Promise<FuseStat> {
-    const node = parsePath(path);
+  async getattr(path: string, _ctx?: FuseContext): Promise<FuseStat> {
+    const node = parse(path);
     const { catalog } = this.#o;
     switch (node.kind) {
       case 'root':
-        return this.#stat(DIR_MODE, 0, this.#o.mountedAt);
+        return this.#stat(this.#dirMode, 0, this.#o.mountedAt);
       case 'domain': {
         const e = await catalog.domain(node.domain);
         const latest = Math.max(0, ...e.checkpoints.map((c) => c.creationTime));
-        return this.#stat(DIR_MODE, 0, latest ? new Date(latest * 1000) : this.#o.mountedAt);
+        return this.#stat(this.#dirMode, 0, latest ? new Date(latest * 1000) : this.#o.mountedAt);
       }
       case 'checkpoint': {
         const { checkpoint } = await catalog.checkpoint(node.domain, node.checkpoint);
-        return this.#stat(DIR_MODE, 0, new Date(checkpoint.creationTime * 1000));
+        return this.#stat(this.#dirMode, 0, new Date(checkpoint.creationTime * 1000));
       }
       case 'disk': {
         const { entry, checkpoint } = await catalog.checkpoint(node.domain, node.checkpoint);
         const info = entry.sizes.get(node.target);
         if (!info || !checkpointDisks(checkpoint).includes(node.target)) throw notFound(path);
         const blocks = Math.ceil(Math.min(info.allocation, info.capacity) / 512);
-        const s = this.#stat(FILE_MODE, info.capacity, this.#fileTime(node.domain, checkpoint.creationTime), blocks);
+        const s = this.#stat(this.#fileMode, info.capacity, this.#fileTime(node.domain, checkpoint.creationTime), blocks);
         // The preferred I/O size: one cache block. cat, cp and rsync read st_blksize at a time
         // (coreutils: at least 128 KiB), so a block takes one read(2) instead of eight.
         s.blksize = this.#o.cache.blockSize;
@@ -94,15 +105,15 @@ export class Files implements FuseOperations {
         const known = this.#mapSizes.get(path);
         // Unknown until generated (at open, with direct_io): 0 here, read to EOF anyway.
         const size = known && known.startedAt === mtime.getTime() ? known.size : 0;
-        return this.#stat(FILE_MODE, size, mtime, Math.ceil(size / 512));
+        return this.#stat(this.#fileMode, size, mtime, Math.ceil(size / 512));
       }
       default:
         throw notFound(path);
     }
   }
 
-  async readdir(path: string): Promise<string[]> {
-    const node = parsePath(path);
+  async readdir(path: string, _ctx?: FuseContext): Promise<string[]> {
+    const node = parse(path);
     const { catalog } = this.#o;
     switch (node.kind) {
       case 'root':
@@ -120,15 +131,16 @@ export class Files implements FuseOperations {
     }
   }
 
-  async open(path: string, flags: number): Promise<FuseOpenResult> {
+  /** The open that starts an export: the kernel let it through (modes), `ctx` says who it was. */
+  async open(path: string, flags: number, ctx?: FuseContext): Promise<FuseOpenResult> {
     if ((flags & 3) !== C.O_RDONLY || flags & C.O_TRUNC) throw new VircptError('READ_ONLY', `${path}: read-only filesystem`);
-    const node = parsePath(path);
+    const node = parse(path);
     if (node.kind !== 'disk' && node.kind !== 'map') {
       if (node.kind === 'none') throw notFound(path);
       return { fh: 0 }; // directories
     }
     await this.getattr(path); // ENOENT before starting anything
-    const lease = await this.#o.manager.acquire(node.domain, node.checkpoint);
+    const lease = await this.#o.manager.acquire(node.domain, node.checkpoint, ctx ? { uid: ctx.uid, pid: ctx.pid } : undefined);
     try {
       const exp = lease.export;
       if (node.kind === 'disk') {
@@ -196,6 +208,14 @@ export class Files implements FuseOperations {
     return at;
   }
 
+  /** Nothing to count: no space, no inodes, and read-only (the kernel also says so, from the mount). */
+  async statfs(_path: string): Promise<FuseStatfs> {
+    return {
+      bsize: this.#o.cache.blockSize, frsize: this.#o.cache.blockSize, blocks: 0, bfree: 0, bavail: 0,
+      files: 0, ffree: 0, favail: 0, fsid: 0, flag: ST_RDONLY | ST_NOSUID, namemax: NAME_MAX,
+    };
+  }
+
   async release(_path: string, fh: number): Promise<void> {
     const h = this.#handles.get(fh);
     if (!h) return;
@@ -208,6 +228,12 @@ export class Files implements FuseOperations {
   async releaseAll(): Promise<void> {
     await Promise.all([...this.#handles.keys()].map((fh) => this.release('', fh)));
   }
+}
+
+function parse(path: string): Node {
+  const node = parsePath(path);
+  if (node.kind === 'too-long') throw new VircptError('NAME_TOO_LONG', `${path}: a name longer than ${NAME_MAX} bytes`);
+  return node;
 }
 
 function notFound(path: string): VircptError {

@@ -58,8 +58,8 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   const reorderSlack = Math.max(DEFAULT_REORDER_SLACK, 4 * o.readaheadKb * 1024);
   const cache = new BlockCache({ maxBytes: o.cacheBytes, readahead: { reorderSlack } });
   const files = new Files({
-    catalog: new Catalog(virsh, { domains: o.domains }), manager, cache, log,
-    uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, mountedAt: new Date(),
+    catalog: new Catalog(virsh, { domains: o.domains, log }), manager, cache, log,
+    uid: o.uid ?? process.getuid?.() ?? 0, gid: o.gid ?? process.getgid?.() ?? 0, umask: o.umask, mountedAt: new Date(),
   });
   // A reader looping on a dead export would otherwise write one line per failed read.
   const lastLogged = new Map<string, number>();
@@ -74,9 +74,11 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   try {
     fuse = await mountFuse(o.mountpoint, files, {
       fsname: o.uri, subtype: 'vircptfs', readOnly: true, allowOther: o.allowOther,
-      defaultPermissions: o.defaultPermissions, attrTimeout: 1, entryTimeout: 1,
+      // Always: the modes getattr gives (uid=, gid=, umask=) are what the kernel checks, so an
+      // open it refuses never reaches us and starts no export (docs/security.md).
+      defaultPermissions: true, attrTimeout: 1, entryTimeout: 1,
       toErrno: (err) => {
-        if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY', 'NO_DATA'].includes(err.code)) logOnce(messageOf(err));
+        if (!(err instanceof VircptError) || !['NOT_FOUND', 'READ_ONLY', 'NO_DATA', 'NAME_TOO_LONG'].includes(err.code)) logOnce(messageOf(err));
         return toErrno(err);
       },
     });

@@ -1,5 +1,6 @@
 // vircptfs's command line and -o options (DESIGN.md "The command-line contract"), parsed and
 // validated before anything is mounted: an unknown option must not leave a dead mount behind.
+import { execFileSync } from 'node:child_process';
 import { VircptError } from '../errors.js';
 import { DEFAULT_SCRATCH_RESERVE, type ScratchReserve } from '../exports/scratch-guard.js';
 
@@ -17,19 +18,27 @@ export interface FsOptions {
   scratchReserve: ScratchReserve;
   freeze: boolean;
   allowOther: boolean;
-  defaultPermissions: boolean;
+  /** Owner and group of every file and directory (uid=, gid=); the mounting user's when unset. */
+  uid: number | undefined;
+  gid: number | undefined;
+  /** Taken away from 0444 (files) and 0555 (directories): the kernel checks these modes. */
+  umask: number;
   /** Kernel read-ahead for the mount (KiB). */
   readaheadKb: number;
   /** Daemon log file. */
   logFile: string | undefined;
 }
 
-export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024 } as const;
+export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024, umask: 0o077 } as const;
 
 /** What mount(8) and fstab pass along, meaningless here: accepted and ignored. */
 const IGNORED = new Set(['defaults', 'ro', 'rw', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime',
   'noatime', 'relatime', 'strictatime', 'nodiratime', 'auto', 'noauto', 'user', 'users', 'nouser', 'nofail', '_netdev',
-  'async', 'sync']);
+  'async', 'sync',
+  // The kernel always checks modes (mount.ts): kept so that existing fstab lines still mount.
+  'default_permissions']);
+/** The largest uid/gid: (uid_t)-1 means "unchanged" to the kernel. */
+const MAX_ID = 0xffff_fffe;
 
 const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 
@@ -59,6 +68,29 @@ function parseUint(text: string, what: string, max: number): number {
   return Number(text);
 }
 
+/**
+ * uid= / gid=: a number, or a user or group name (getent: /etc/passwd, /etc/group and whatever
+ * else NSS is told to ask), resolved once, before mounting.
+ */
+function parseId(text: string, what: 'uid' | 'gid'): number {
+  if (/^\d+$/.test(text)) return parseUint(text, what, MAX_ID);
+  const db = what === 'uid' ? 'passwd' : 'group';
+  let entry = '';
+  try {
+    entry = execFileSync('getent', [db, '--', text], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    throw usage(`${what}=${text}: no such ${what === 'uid' ? 'user' : 'group'}`);
+  }
+  const id = entry.split(':')[2];
+  if (id === undefined || !/^\d+$/.test(id)) throw usage(`${what}=${text}: getent ${db} gave no number`);
+  return Number(id);
+}
+
+function parseUmask(text: string): number {
+  if (!/^[0-7]{1,4}$/.test(text) || Number.parseInt(text, 8) > 0o777) throw usage(`umask=${text}: not an octal mode up to 0777 (like 0027)`);
+  return Number.parseInt(text, 8);
+}
+
 function usage(message: string): VircptError {
   return new VircptError('USAGE', message);
 }
@@ -85,7 +117,9 @@ function applyOption(o: FsOptions, opt: string): void {
     case 'freeze': o.freeze = true; return;
     case 'nofreeze': o.freeze = false; return;
     case 'allow_other': o.allowOther = true; return;
-    case 'default_permissions': o.defaultPermissions = true; return;
+    case 'uid': o.uid = parseId(need(), key); return;
+    case 'gid': o.gid = parseId(need(), key); return;
+    case 'umask': o.umask = parseUmask(need()); return;
     default:
       if (IGNORED.has(key) || key.startsWith('x-') || key.startsWith('comment=')) return;
       throw usage(`unknown option: ${opt}`);
@@ -96,8 +130,8 @@ function applyOption(o: FsOptions, opt: string): void {
 export function parseFsArgs(argv: readonly string[]): FsOptions {
   const o: FsOptions = {
     source: '', mountpoint: '', foreground: false, debug: false, domains: [], cacheBytes: DEFAULTS.cacheBytes,
-    idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true, allowOther: false,
-    defaultPermissions: false, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
+    idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true,
+    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
   };
   const positional: string[] = [];
   for (let i = 0; i < argv.length; i++) {

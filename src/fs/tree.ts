@@ -6,6 +6,9 @@
 
 export const DIRTY_MAP = 'dirty-map.json';
 export const RAW_SUFFIX = '.raw';
+/** The longest path component, in bytes (NAME_MAX). FUSE forwards names of up to 1024 bytes:
+ *  the length is ours to refuse. */
+export const NAME_MAX = 255;
 
 export type Node =
   | { kind: 'root' }
@@ -13,10 +16,13 @@ export type Node =
   | { kind: 'checkpoint'; domain: string; checkpoint: string }
   | { kind: 'disk'; domain: string; checkpoint: string; target: string }
   | { kind: 'map'; domain: string; checkpoint: string }
-  | { kind: 'none' };
+  | { kind: 'none' }
+  /** A component longer than NAME_MAX bytes: ENAMETOOLONG, whatever the rest. */
+  | { kind: 'too-long' };
 
 export function parsePath(path: string): Node {
   const parts = path.split('/').filter((p) => p.length > 0);
+  if (parts.some((p) => Buffer.byteLength(p) > NAME_MAX)) return { kind: 'too-long' };
   if (parts.some((p) => p === '.' || p === '..')) return { kind: 'none' };
   const [domain, checkpoint, file, ...rest] = parts;
   if (domain === undefined) return { kind: 'root' };
@@ -32,4 +38,14 @@ export function parsePath(path: string): Node {
 
 export function diskFileName(target: string): string {
   return `${target}${RAW_SUFFIX}`;
+}
+
+/**
+ * Whether a name from libvirt can be one component of a path as it is: not empty, not `.` or
+ * `..`, no `/` or NUL, at most NAME_MAX bytes. libvirt 9.0 refuses every other case for domains
+ * and allows only [A-Za-z0-9_-][A-Za-z0-9_.-]* for checkpoints; names it may let through one
+ * day are left out of the tree rather than shown under another name.
+ */
+export function isPathComponent(name: string): boolean {
+  return name.length > 0 && name !== '.' && name !== '..' && !/[/\0]/.test(name) && Buffer.byteLength(name) <= NAME_MAX;
 }

@@ -51,8 +51,8 @@ export async function listDomains(virsh: Virsh): Promise<Domain[]> {
     virsh.run(['list', '--all', '--name']),
     virsh.run(['list', '--name']),
   ]);
-  const activeSet = new Set(lines(active));
-  return lines(all).map((name) => ({ name, uuid: '', active: activeSet.has(name), state: activeSet.has(name) ? 'active' : 'shut off' }));
+  const activeSet = new Set(nameLines(active));
+  return nameLines(all).map((name) => ({ name, uuid: '', active: activeSet.has(name), state: activeSet.has(name) ? 'active' : 'shut off' }));
 }
 
 export async function getDomain(virsh: Virsh, name: string): Promise<DomainDetails> {
@@ -60,7 +60,12 @@ export async function getDomain(virsh: Virsh, name: string): Promise<DomainDetai
     virsh.run(['dumpxml', '--', name]),
     virsh.run(['domstate', '--', name]),
   ]);
-  return parseDomainXml(xml, state.trim());
+  const dom = parseDomainXml(xml, state.trim());
+  // The XML parser trims text, and a domain's name may begin or end with spaces or a tab: when
+  // libvirt found the domain by the very name asked for, that name is the exact one (a trimmed
+  // name would be another domain's).
+  if (dom.name === name.trim()) dom.name = name;
+  return dom;
 }
 
 export function parseDomainXml(xml: string, state: string): DomainDetails {
@@ -115,6 +120,12 @@ export async function blockInfo(virsh: Virsh, name: string): Promise<Map<string,
     info.set(f[0]!, { capacity: Number(f[1]), allocation: Number(f[2]), physical: Number(f[3]) });
   }
   return info;
+}
+
+/** One name a line, exactly as libvirt has it: a domain's name may begin or end with spaces (or
+ *  tabs), and trimming it would name another domain. Only a newline cannot be in one. */
+export function nameLines(out: string): string[] {
+  return out.split('\n').filter((l) => l.length > 0);
 }
 
 export function lines(out: string): string[] {

@@ -64,7 +64,9 @@ export class VirshSession {
   /** Runs `virsh ARGS` in the session. Rejects only when the session itself failed. */
   run(args: readonly string[], timeoutMs: number): Promise<SessionResult> {
     if (this.#closed) return Promise.reject(new Error('virsh session closed'));
-    if (args.some((a) => a.includes('\n'))) return Promise.reject(new Error('virsh session: an argument has a newline'));
+    // The shell reads lines through readline: a newline would end the command, a tab would ask
+    // for completion. Such an argument (a domain name may hold a tab) goes to a virsh process.
+    if (args.some((a) => /[\x00-\x1f\x7f]/.test(a))) return Promise.reject(new Error('virsh session: an argument has a control character'));
     return new Promise((resolve, reject) => {
       const marker = `@@vircpt-${this.#id}-${++this.#seq}@@`;
       this.#queue.push({ line: args.map(quoteArg).join(' '), marker, timeoutMs, resolve, reject });
@@ -136,9 +138,14 @@ export class VirshSession {
     const stderr = this.#err.slice(0, e);
     this.#err = this.#err.slice(e + errEnd.length);
     // Drop the echoed command line before the output, and the echoed first marker after it.
-    const echoed = `${p.line}\n`;
-    const at = stdout.indexOf(echoed);
-    if (at >= 0) stdout = stdout.slice(at + echoed.length);
+    // readline breaks an echo wider than its screen with carriage returns (in the C locale each
+    // byte of a UTF-8 name counts as four columns), so the echo is found by the prompt and the
+    // command's first word, and ends at the first newline: the line itself never holds one.
+    const at = stdout.indexOf(`${PROMPT}${p.line.slice(0, p.line.indexOf(' ') >>> 0)}`);
+    if (at >= 0) {
+      const nl = stdout.indexOf('\n', at);
+      stdout = nl < 0 ? '' : stdout.slice(nl + 1);
+    }
     const tail = stdout.lastIndexOf(`${PROMPT}echo --err ${p.marker}\n`);
     if (tail >= 0) stdout = stdout.slice(0, tail);
     clearTimeout(this.#timer);

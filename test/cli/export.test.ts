@@ -1,7 +1,7 @@
 // vircpt export / release, for a running domain (pull-mode backup job) and a shut-off one
 // (qemu-nbd), checked with the C tools: nbdinfo and nbdcopy.
 import assert from 'node:assert/strict';
-import { readFile, mkdtemp, rm } from 'node:fs/promises';
+import { readdir, readFile, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { execa } from 'execa';
@@ -12,7 +12,8 @@ import { leftoversOf } from '../lab/leftovers.js';
 import { requireTools, run } from '../lab/tools.js';
 import type { ExportRecord } from '../../src/exports/export.js';
 import { nbdUri } from '../../src/exports/export.js';
-import { processStartTime } from '../../src/exports/runtime.js';
+import { defaultRuntimeDirs, domainDirName, processStartTime } from '../../src/exports/runtime.js';
+import { asUser } from '../lab/users.js';
 
 const MiB = 1024 * 1024;
 
@@ -91,6 +92,17 @@ describe('vircpt export and release', () => {
     assert.match(r.stdout, /nbdinfo --list/);
     assert.match(r.stdout, /nbdcopy/);
     assert.match(r.stdout, /qemu-img create -f qcow2 -b/);
+    // Who can connect, said and true: a local non-root user can reach neither the socket nor
+    // the scratch file.
+    const socket = /socket=(\/\S+\.sock)/.exec(r.stdout)![1]!;
+    assert.match(r.stdout, new RegExp(`^Who can connect: root and libvirt-qemu only \\(${path.dirname(socket)} is mode 0700, owner libvirt-qemu\\)\\.$`, 'm'));
+    const nbd = await asUser('nobody', 'nbdinfo', [`nbd+unix:///sda?socket=${socket}`]);
+    assert.notEqual(nbd.code, 0, `nobody connected: ${nbd.stdout}`);
+    assert.match(nbd.stderr, /Permission denied/);
+    const scratchDir = path.join(defaultRuntimeDirs().scratchRoot, 'export', domainDirName(vm.name));
+    const scratch = await readdir(scratchDir);
+    assert.ok(scratch.length > 0, 'a scratch file');
+    for (const f of scratch) assert.match((await asUser('nobody', 'cat', [path.join(scratchDir, f)])).stderr, /Permission denied/);
     assert.equal((await cli('release')).code, 0);
     assert.deepEqual(await leftoversOf(vm.name), []);
   });
@@ -135,6 +147,9 @@ describe('vircpt export and release', () => {
     const sda = rec.disks[0]!;
     assert.equal(sda.dirtyContexts.base, 'qemu:dirty-bitmap:base');
     const pid = Number((await readFile(sda.pidFile!, 'utf8')).trim());
+    const nbd = await asUser('nobody', 'nbdinfo', [nbdUri(sda)]);
+    assert.notEqual(nbd.code, 0, `nobody connected to qemu-nbd: ${nbd.stdout}`);
+    assert.match(nbd.stderr, /Permission denied/);
     assert.match(await run('nbdinfo', ['--list', nbdUri(sda)]), /qemu:dirty-bitmap:base/);
     const dirty = (await dirtyMap(nbdUri(sda), 'qemu:dirty-bitmap:base')).filter((e) => e.type === 1);
     assert.deepEqual(dirty.map((e) => [e.offset, e.length]), [[1 * MiB, 2 * MiB]]);

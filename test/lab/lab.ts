@@ -27,6 +27,9 @@ export interface LabVmOptions {
   disks: LabDisk[];
   /** Start it (paused); default true. */
   start?: boolean;
+  /** The domain's name from the lab's unique prefix (odd names: spaces, a leading dash, ...);
+   *  default `<prefix>-<n>`. */
+  name?: (prefix: string) => string;
 }
 
 export function virsh(...args: string[]): Promise<string> {
@@ -59,11 +62,11 @@ export class LabVm {
 
   /** A guest write through the running VM's block layer: dirty bitmaps see it. */
   async write(target: string, offset: number, length: number, pattern = 0xab): Promise<void> {
-    const out = await virsh('qemu-monitor-command', this.name, '--hmp',
+    const out = await virsh('qemu-monitor-command', '--hmp', '--', this.name,
       `qemu-io -d ${this.qdev(target)} "write -P ${pattern} ${offset} ${length}"`);
     if (/error|failed|invalid/i.test(out)) throw new Error(`qemu-io write on ${this.name}/${target} failed: ${out}`);
     // Flush QEMU's qcow2 metadata caches, so the image file read from outside (qemu-img -U) agrees.
-    await virsh('qemu-monitor-command', this.name, '--hmp', `qemu-io -d ${this.qdev(target)} "flush"`);
+    await virsh('qemu-monitor-command', '--hmp', '--', this.name, `qemu-io -d ${this.qdev(target)} "flush"`);
   }
 
   /**
@@ -85,31 +88,33 @@ export class LabVm {
   }
 
   start(): Promise<string> {
-    return virsh('start', '--paused', this.name);
+    return virsh('start', '--paused', '--', this.name);
   }
 
   destroy(): Promise<string> {
-    return virsh('destroy', this.name);
+    return virsh('destroy', '--', this.name);
   }
 
   async state(): Promise<string> {
-    return (await virsh('domstate', this.name)).trim();
+    return (await virsh('domstate', '--', this.name)).trim();
   }
 
   async jobType(): Promise<string> {
-    const out = await virsh('domjobinfo', this.name);
+    const out = await virsh('domjobinfo', '--', this.name);
     return /^Job type:\s*(\S+)/m.exec(out)?.[1] ?? 'None';
   }
 }
 
+const xmlText = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+
 function domainXml(name: string, dir: string, disks: Required<Omit<LabDisk, 'files' | 'image'>>[]): string {
   const d = disks.map((k) => `    <disk type='file' device='disk'>
       <driver name='qemu' type='${k.format}'/>
-      <source file='${path.join(dir, `${k.target}.${k.format}`)}'/>
+      <source file='${xmlText(path.join(dir, `${k.target}.${k.format}`))}'/>
       <target dev='${k.target}' bus='${k.bus}'/>
     </disk>`).join('\n');
   return `<domain type='qemu'>
-  <name>${name}</name>
+  <name>${xmlText(name)}</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type></os>
@@ -134,8 +139,9 @@ export class Lab {
 
   async vm(opts: LabVmOptions): Promise<LabVm> {
     await requireTools('virsh', 'qemu-img');
-    const name = `${this.prefix}-${++this.#n}`;
-    const dir = path.join(this.dir, name);
+    const n = ++this.#n;
+    const name = opts.name?.(this.prefix) ?? `${this.prefix}-${n}`;
+    const dir = path.join(this.dir, opts.name ? `vm-${n}` : name); // an odd name need not be a path
     await mkdir(dir, { recursive: true });
     for (const p of [LAB_ROOT, this.dir, dir]) await chmod(p, 0o755); // libvirt-qemu must traverse
     const disks = opts.disks.map((d) => ({ bus: d.bus ?? 'virtio', format: d.format ?? 'qcow2', target: d.target, size: d.size }));
@@ -158,8 +164,8 @@ export class Lab {
   /** Destroys and undefines every VM (checkpoint metadata included), then removes the files. */
   async cleanup(): Promise<void> {
     for (const vm of this.#vms) {
-      await execa('virsh', ['-q', '-c', LAB_URI, 'destroy', vm.name], { reject: false });
-      await execa('virsh', ['-q', '-c', LAB_URI, 'undefine', '--checkpoints-metadata', vm.name], { reject: false });
+      await execa('virsh', ['-q', '-c', LAB_URI, 'destroy', '--', vm.name], { reject: false });
+      await execa('virsh', ['-q', '-c', LAB_URI, 'undefine', '--checkpoints-metadata', '--', vm.name], { reject: false });
     }
     await rm(this.dir, { recursive: true, force: true });
   }

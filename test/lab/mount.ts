@@ -20,6 +20,8 @@ export interface MountOptions {
   dir?: string;
   /** How long to wait for the mount to list (ms). */
   readyTimeoutMs?: number;
+  /** -d: the debug log (every virsh call) on stderr. */
+  debug?: boolean;
 }
 
 export interface ChildExit {
@@ -149,7 +151,7 @@ async function threadStates(pid: number): Promise<string> {
 
 function fsArgs(dir: string, o: MountOptions): string[] {
   const opts = o.options ?? [];
-  return ['-f', ...(opts.length > 0 ? ['-o', opts.join(',')] : []), o.source ?? LAB_URI, dir];
+  return [o.debug ? '-d' : '-f', ...(opts.length > 0 ? ['-o', opts.join(',')] : []), o.source ?? LAB_URI, dir];
 }
 
 /** Starts `vircptfs -f` on a fresh mountpoint and waits until it lists. Cleans up if it fails. */

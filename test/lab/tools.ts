@@ -19,6 +19,13 @@ const PACKAGE_OF: Record<string, string> = {
   jq: 'jq',
   rsync: 'rsync',
   losetup: 'mount',
+  runuser: 'util-linux',
+  findmnt: 'util-linux',
+  useradd: 'passwd',
+  groupadd: 'passwd',
+  userdel: 'passwd',
+  groupdel: 'passwd',
+  python3: 'python3',
 };
 
 const seen = new Map<string, Promise<void>>();

@@ -69,6 +69,16 @@ describe('virsh session mode', () => {
     }
   });
 
+  it('answers as a virsh process does for a name wider than the screen, or holding a tab', async () => {
+    // In the C locale readline counts each byte of a UTF-8 name as four columns and breaks the
+    // echo of a long line with carriage returns; a tab typed into it asks for completion.
+    const wide = await lab.vm({ start: false, name: (p) => `${p} 'q"&\\%2f\tünïcødé ${'x'.repeat(120)}`, disks: [{ target: 'vda', size: MiB }] });
+    for (const q of [['domstate', '--', wide.name], ['dumpxml', '--', wide.name], ['checkpoint-list', '--name', '--', wide.name]]) {
+      assert.equal(await session.run(q), await oneShot.run(q), `virsh ${q[0]!}`);
+    }
+    assert.equal((await session.run(['domstate', '--', wide.name])).trim(), 'shut off');
+  });
+
   it('fails as a virsh process does, with libvirt words and the same code', async () => {
     const odd = `no such ' "dom" ; echo x \\ $HOME`;
     const cases = [

@@ -12,6 +12,7 @@ import { execa } from 'execa';
 import { LAB_URI, Lab, virsh, type LabVm } from '../lab/lab.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { requireTools } from '../lab/tools.js';
+import { asUser, LabUser } from '../lab/users.js';
 import { BIN, HELPER, INSTALLED_JS, InstallState, LIBDIR, REPO, installedPaths, runScript, type ScriptRun } from './install-state.js';
 import {
   DEFAULT_LOG, FstabBackup, cleanupMountpoint, daemonOf, daemonsOf, errorLines, freshDir, gone, logTail, mountEntry,
@@ -271,6 +272,27 @@ describe('vircptfs through install.sh, mount(8), fstab and umount', () => {
       `released once idle:\n${await text()}`);
     await unmountsClean(dir, pid, false, log);
     assert.match(await text(), new RegExp(`info: stopped: ${dir}$`, 'm'));
+  });
+
+  it('the README\'s group grant through mount(8): allow_other,gid=GROUP,umask=0027 (an fstab line), as a member and as nobody', async (t) => {
+    const dir = await freshDir('grant');
+    const member = await new LabUser('mnt').create();
+    t.after(() => member.remove());
+    t.after(() => cleanupMountpoint(dir));
+    t.after(() => fstab?.restore());
+    await fstab!.append(`${LAB_URI} ${dir} fuse.vircptfs domain=${vm.name},allow_other,gid=${member.group},umask=0027,idle=1,nofreeze,_netdev,nofail,noauto 0 0`);
+    const r = await mount([dir], true);
+    assert.equal(r.code, 0, r.stderr);
+    const pid = await daemonOf(dir);
+    const disk = path.join(dir, vm.name, 'c1', 'sda.raw');
+    assert.equal((await member.run('stat', ['-c', '%a %U %G', disk])).stdout.trim(), `440 root ${member.group}`);
+    const read = await member.run('sh', ['-c', 'head -c 2097152 "$1" | tail -c 4096 | od -An -v -tx1 | sort -u', 'sh', disk]);
+    assert.equal(read.stdout.trim(), Array(16).fill(PATTERN.toString(16)).join(' '), 'the member reads the guest write');
+    await waitFor(async () => (await vm.jobType()) === 'None', 15_000);
+    const denied = await asUser('nobody', 'head', ['-c', '1', disk]);
+    assert.match(denied.stderr, /Permission denied/);
+    assert.equal(await vm.jobType(), 'None', 'nobody\'s refused open started no job');
+    await unmountsClean(dir, pid, true);
   });
 
   // libvirt starts each QEMU in a mount namespace of its own, a copy of the host's. Where / is

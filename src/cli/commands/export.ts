@@ -1,5 +1,8 @@
 // vircpt export / release: an export that outlives the command, ended only by `vircpt release`.
+import { execFile } from 'node:child_process';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { VircptError } from '../../errors.js';
 import { describeBackup, jobInfo } from '../../libvirt/backup.js';
 import { getCheckpoint } from '../../libvirt/checkpoint.js';
@@ -38,11 +41,32 @@ export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<
     rec = (await readRecord(domainDir)) ?? rec;
   }
   if (json) return printJson(ctx, rec);
-  ctx.stdout(describeExport(rec, name));
+  ctx.stdout(describeExport(rec, name, await whoCanConnect(rec.disks[0]!.socket)));
 }
 
-/** Human-readable: the socket, each disk's URI and dirty context, and commands to try. */
-export function describeExport(rec: ExportRecord, checkpoint: string): string {
+/**
+ * Who can connect to an export's socket, from its folder as it is now: a Unix socket needs
+ * search permission on its folder (and write on itself), and root passes every check.
+ */
+export async function whoCanConnect(socket: string): Promise<string> {
+  const dir = path.dirname(socket);
+  const st = await stat(dir);
+  const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+  const owner = await nameOf('passwd', st.uid);
+  if ((st.mode & 0o011) === 0) {
+    const who = st.uid === 0 ? 'root only' : `root and ${owner} only`;
+    return `Who can connect: ${who} (${dir} is mode ${mode}, owner ${owner}).`;
+  }
+  return `Who can connect: anyone whom ${dir} lets in (mode ${mode}, owner ${owner}, group ${await nameOf('group', st.gid)}).`;
+}
+
+async function nameOf(db: 'passwd' | 'group', id: number): Promise<string> {
+  const out = await promisify(execFile)('getent', [db, String(id)]).then((r) => r.stdout, () => '');
+  return out.split(':')[0] || String(id);
+}
+
+/** Human-readable: the socket, each disk's URI and dirty context, who can connect, commands to try. */
+export function describeExport(rec: ExportRecord, checkpoint: string, access: string): string {
   const how = rec.kind === 'backup' ? 'backup job' : 'shut off: qemu-nbd, all checkpoint bitmaps';
   const lines = [`exported ${rec.domain} at checkpoint ${checkpoint} (${how}); point in time ${rec.startedAt}`];
   for (const d of rec.disks) {
@@ -51,6 +75,7 @@ export function describeExport(rec: ExportRecord, checkpoint: string): string {
   const d = rec.disks[0]!;
   const uri = nbdUri(d);
   lines.push(
+    access,
     '',
     'Try:',
     `  nbdinfo --list 'nbd+unix:///?socket=${d.socket}'`,
