@@ -31,6 +31,14 @@ static int read_attr(napi_env env, napi_value v, double **out) {
   return 1;
 }
 
+// The attributes JavaScript sent, or EIO to the kernel and a TypeError to JavaScript.
+static int attr_or_fail(napi_env env, fuse_req_t req, napi_value v, double **out) {
+  if (read_attr(env, v, out)) return 1;
+  fuse_reply_err(req, EIO);
+  napi_throw_type_error(env, NULL, "vircptfs addon: attr must be a Float64Array");
+  return 0;
+}
+
 static void fill_stat(const double *a, struct stat *st) {
   memset(st, 0, sizeof *st);
   st->st_ino = (ino_t)a[A_INO];
@@ -64,12 +72,12 @@ static void fill_stat(const double *a, struct stat *st) {
   napi_get_boolean(env, req != NULL, &answered);                               \
   if (!req) return answered;
 
-// replyErr(session, slot, errno)
+// replyErr(session, slot, errno): errno 0 answers success (release, releasedir)
 static napi_value ReplyErr(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(3)
   int32_t err = EIO;
   napi_get_value_int32(env, argv[2], &err);
-  fuse_reply_err(req, err > 0 && err < 4096 ? err : EIO);
+  fuse_reply_err(req, err >= 0 && err < 4096 ? err : EIO);  // 0: success (release)
   return answered;
 }
 
@@ -77,11 +85,7 @@ static napi_value ReplyErr(napi_env env, napi_callback_info info) {
 static napi_value ReplyEntry(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(3)
   double *a;
-  if (!read_attr(env, argv[2], &a)) {
-    fuse_reply_err(req, EIO);
-    napi_throw_type_error(env, NULL, "vircptfs addon: attr must be a Float64Array");
-    return NULL;
-  }
+  if (!attr_or_fail(env, req, argv[2], &a)) return NULL;
   struct fuse_entry_param e;
   memset(&e, 0, sizeof e);
   e.ino = (fuse_ino_t)a[A_INO];
@@ -97,11 +101,7 @@ static napi_value ReplyEntry(napi_env env, napi_callback_info info) {
 static napi_value ReplyAttr(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(3)
   double *a;
-  if (!read_attr(env, argv[2], &a)) {
-    fuse_reply_err(req, EIO);
-    napi_throw_type_error(env, NULL, "vircptfs addon: attr must be a Float64Array");
-    return NULL;
-  }
+  if (!attr_or_fail(env, req, argv[2], &a)) return NULL;
   struct stat st;
   fill_stat(a, &st);
   fuse_reply_attr(req, &st, a[A_ATTR_TIMEOUT]);
@@ -126,44 +126,42 @@ static napi_value ReplyOpen(napi_env env, napi_callback_info info) {
   return answered;
 }
 
+// The first `length` bytes of the Uint8Array v, or EIO to the kernel and a TypeError to JavaScript.
+static int bytes_or_fail(napi_env env, fuse_req_t req, napi_value v, napi_value length_v, void **data, uint32_t *length) {
+  napi_typedarray_type type;
+  size_t size = 0;
+  *length = 0;
+  napi_get_value_uint32(env, length_v, length);
+  if (napi_get_typedarray_info(env, v, &type, &size, data, NULL, NULL) == napi_ok && type == napi_uint8_array && *length <= size) {
+    return 1;
+  }
+  fuse_reply_err(req, EIO);
+  napi_throw_type_error(env, NULL, "vircptfs addon: a read's reply needs a Uint8Array holding length bytes");
+  return 0;
+}
+
 // replyBuf(session, slot, data, length): the first length bytes of a Uint8Array (a read).
 static napi_value ReplyBuf(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(4)
-  void *data = NULL;
-  size_t size = 0;
-  napi_typedarray_type type;
-  uint32_t length = 0;
-  napi_get_value_uint32(env, argv[3], &length);
-  if (napi_get_typedarray_info(env, argv[2], &type, &size, &data, NULL, NULL) != napi_ok ||
-      type != napi_uint8_array || length > size) {
-    fuse_reply_err(req, EIO);
-    napi_throw_type_error(env, NULL, "vircptfs addon: replyBuf needs a Uint8Array holding length bytes");
-    return NULL;
-  }
+  void *data;
+  uint32_t length;
+  if (!bytes_or_fail(env, req, argv[2], argv[3], &data, &length)) return NULL;
   fuse_reply_buf(req, data, length);
   return answered;
 }
 
 // replyBufLater(session, slot, data, length, token): like replyBuf, but written by a writer
 // thread (writers.h); data must stay untouched until onWritten(token). False when the request
-// was answered already (then nothing is queued and onWritten(token) never comes).
+// was answered already, or was answered here and now: then onWritten(token) never comes.
 static napi_value ReplyBufLater(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(5)
-  void *data = NULL;
-  size_t size = 0;
-  napi_typedarray_type type;
-  uint32_t length = 0;
+  void *data;
+  uint32_t length;
   double token = 0;
-  napi_get_value_uint32(env, argv[3], &length);
+  if (!bytes_or_fail(env, req, argv[2], argv[3], &data, &length)) return NULL;
   get_double(env, argv[4], &token);
-  if (napi_get_typedarray_info(env, argv[2], &type, &size, &data, NULL, NULL) != napi_ok ||
-      type != napi_uint8_array || length > size) {
-    fuse_reply_err(req, EIO);
-    napi_throw_type_error(env, NULL, "vircptfs addon: replyBufLater needs a Uint8Array holding length bytes");
-    return NULL;
-  }
   if (s->ended || writers_push(&s->writers, req, data, length, token) != 0) {
-    fuse_reply_buf(req, data, length);  // no writer to hand it to: written here, now
+    fuse_reply_buf(req, data, length);  // no writer to hand it to
     napi_get_boolean(env, 0, &answered);
   }
   return answered;
@@ -254,11 +252,7 @@ static napi_value ReplyLseek(napi_env env, napi_callback_info info) {
 
 // pending(session): requests handed to JavaScript and not answered yet (tests).
 static napi_value Pending(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = session_of(env, argv[0]);
-  if (!s) return NULL;
+  SESSION_ARG
   return make_number(env, s->slots.used);
 }
 

@@ -135,6 +135,14 @@ static void dispatch(session_t *s, enum op op, uint32_t slot, double ino, double
   napi_close_handle_scope(env, scope);
 }
 
+// The session that is the first argument of a call from JavaScript (s), or a TypeError.
+#define SESSION_ARG                                                    \
+  size_t argc = 1;                                                     \
+  napi_value argv[1];                                                  \
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));    \
+  session_t *s = session_of(env, argv[0]);                             \
+  if (!s) return NULL;
+
 static session_t *session_of_req(fuse_req_t req) {
   return fuse_req_userdata(req);
 }
@@ -490,11 +498,7 @@ static napi_value Mount(napi_env env, napi_callback_info info) {
 // detach(session): unmounts lazily (MNT_DETACH, root only): new opens fail at once, files still
 // open are served until closed; the loop ends when the kernel drops the connection.
 static napi_value Detach(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = session_of(env, argv[0]);
-  if (!s) return NULL;
+  SESSION_ARG
   if (!s->ended && umount2(s->mountpoint, MNT_DETACH) != 0) {
     napi_value err, code, msg;
     napi_create_string_utf8(env, strerror(errno), NAPI_AUTO_LENGTH, &msg);
@@ -509,22 +513,14 @@ static napi_value Detach(napi_env env, napi_callback_info info) {
 // stop(session): stops serving without unmounting (the mount left this namespace while a copy
 // elsewhere keeps the connection: closing our end makes that copy a dead mount).
 static napi_value Stop(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = session_of(env, argv[0]);
-  if (!s) return NULL;
+  SESSION_ARG
   end_loop(s, 0);
   return undefined(env);
 }
 
 // destroy(session): frees the session once its loop ended (after onEnd).
 static napi_value Destroy(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = session_of(env, argv[0]);
-  if (!s) return NULL;
+  SESSION_ARG
   if (s->polling || !s->ended || s->se == NULL) {
     napi_throw_error(env, NULL, "vircptfs addon: destroy before the loop ended");
     return NULL;
@@ -551,21 +547,13 @@ static napi_value Destroy(napi_env env, napi_callback_info info) {
 
 // The fd of /dev/fuse (tests: it must be close-on-exec), -1 once destroyed.
 static napi_value Fd(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = session_of(env, argv[0]);
-  if (!s) return NULL;
+  SESSION_ARG
   return make_number(env, s->se && !s->ended ? fuse_session_fd(s->se) : -1);
 }
 
 // deadlocksAvoided(session): requests the watchdog answered with EDEADLK (tests, logs).
 static napi_value DeadlocksAvoided(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = session_of(env, argv[0]);
-  if (!s) return NULL;
+  SESSION_ARG
   return make_number(env, (double)atomic_load(&s->watchdog.answered));
 }
 
