@@ -1,5 +1,5 @@
 // The file system under bench/fuse-floor.ts: one 4 GiB file whose reads are answered from a
-// 1 MiB pattern in memory, mounted through src/fs/fuse-binding.ts with vircptfs's options
+// 1 MiB pattern in memory, mounted through src/fs/fuse/ (the addon) with vircptfs's options
 // (src/fs/mount.ts) and per-open keepCache false: no block cache, no NBD, only the binding.
 // Run by fork(): `node fuse-floor-fs.js MOUNTPOINT [LIBFUSE-OPTION...]`; over IPC it says
 // { ready } once mounted, answers 'count' with { reads, bytes, handles } and unmounts on 'stop', on
@@ -12,6 +12,7 @@ import { countLibuvHandles, mountFuse, type FuseOperations, type FuseStat } from
 const MiB = 1024 * 1024;
 export const FILE_NAME = 'disk.raw';
 export const FILE_SIZE = 4 * 1024 * MiB;
+export const DIRECT_IO = '--direct-io';
 /** Never zero, and 251 is prime: no two 4 KiB pages of a MiB are alike. */
 const PATTERN = Buffer.from(Array.from({ length: MiB }, (_, i) => (i % 251) + 1));
 const MTIME = new Date('2025-01-01T00:00:00Z');
@@ -28,7 +29,10 @@ export function fillPattern(buf: Buffer, length: number, position: number): numb
 
 class NotFound extends Error {}
 
-async function serve(mountpoint: string, extraOptions: string[]): Promise<void> {
+/** `--direct-io` among the options: reads bypass the page cache (per-open direct_io). */
+async function serve(mountpoint: string, options: string[]): Promise<void> {
+  const directIo = options.includes(DIRECT_IO);
+  const extraOptions = options.filter((o) => o !== DIRECT_IO);
   let reads = 0;
   let bytes = 0;
   const stat = (mode: number, size: number): FuseStat => ({ mode, size, mtime: MTIME, blocks: Math.ceil(size / 512) });
@@ -39,7 +43,7 @@ async function serve(mountpoint: string, extraOptions: string[]): Promise<void> 
       throw new NotFound(path);
     },
     readdir: async () => [FILE_NAME],
-    open: async () => ({ fh: 1, keepCache: false }),
+    open: async () => ({ fh: 1, keepCache: false, directIo }),
     read: async (_path, _fh, buf, length, position) => {
       const n = fillPattern(buf, length, position);
       reads++;

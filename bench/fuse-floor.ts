@@ -1,13 +1,13 @@
 // npm run bench:fuse: the floor the FUSE binding puts under vircptfs. A 4 GiB file answered from
-// memory through src/fs/fuse-binding.ts (fuse-floor-fs.ts, a process of its own) against the
+// memory through the FUSE addon (fuse-floor-fs.ts, a process of its own) against the
 // same size from nbdkit's pattern plugin through nbdfuse (libnbd's C client, libfuse 3): cold dd,
 // cat and 4 parallel dd; the read requests each file system saw; and per 128 KiB read, the wall
 // time and the CPU time of the serving process (the binding's JS thread apart), of nbdkit and of
-// the readers. Then an A/B of read-ahead and max_background on the binding. Every mount and
+// the readers. Then an A/B of read-ahead, max_background and direct_io on the binding. Every mount and
 // process it starts is stopped by its PID and its folder removed, also on failure and SIGINT.
 //
 // Environment: BENCH_RUNS (runs per test and variant, default 3), BENCH_FLOOR_AB=0 (the floor
-// and nbdfuse only).
+// and nbdfuse only; any other text: the A/B variants whose name holds it, e.g. direct_io).
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, open, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -17,7 +17,7 @@ import { readMountinfo, setReadAhead } from '../src/fs/fuse/index.js';
 import { requireTools } from '../test/lab/tools.js';
 import { best, dropCaches, measure, median, statCpu, type TestName } from './fs-measure.js';
 import { endChild, once, startChild, unmountFuse, waitFor, type Subject } from './fs-subjects.js';
-import { FILE_NAME, FILE_SIZE, fillPattern } from './fuse-floor-fs.js';
+import { DIRECT_IO, FILE_NAME, FILE_SIZE, fillPattern } from './fuse-floor-fs.js';
 
 const KiB = 1024;
 const CHUNK = 128 * KiB; // the unit of the per-request figures: libfuse 2's request size (libfuse 3 sends up to 1 MiB; the reqs column shows what came)
@@ -26,7 +26,10 @@ const TESTS: readonly TestName[] = ['dd', 'cat', 'parallel'];
 const READY_TIMEOUT_MS = 30_000;
 const FS_SCRIPT = fileURLToPath(new URL('./fuse-floor-fs.js', import.meta.url));
 const runs = Number(process.env.BENCH_RUNS ?? 3);
-const withAb = process.env.BENCH_FLOOR_AB !== '0';
+/** BENCH_FLOOR_AB: 0 none of the A/B variants, unset or 1 all, any other text those whose name holds it. */
+const abFilter = process.env.BENCH_FLOOR_AB ?? '1';
+const abVariants = (): readonly Variant[] =>
+  abFilter === '0' ? [] : abFilter === '1' ? AB_VARIANTS : AB_VARIANTS.filter((v) => v.name.includes(abFilter));
 
 interface Variant { name: string; server: 'binding' | 'nbdfuse'; readaheadKb: number; options?: string[] }
 const MB64 = ['max_background=64', 'congestion_threshold=48'];
@@ -40,6 +43,7 @@ const AB_VARIANTS: readonly Variant[] = [
   { name: 'binding ra=4096', server: 'binding', readaheadKb: 4096 },
   { name: 'binding ra=1024 mb64', server: 'binding', readaheadKb: 1024, options: MB64 },
   { name: 'binding ra=4096 mb64', server: 'binding', readaheadKb: 4096, options: MB64 },
+  { name: 'binding direct_io', server: 'binding', readaheadKb: 1024, options: [DIRECT_IO] },
 ];
 
 interface Served extends Subject {
@@ -202,8 +206,8 @@ function report(results: Results, order: Served[], load: string[]): string {
   const lines = [
     '', `FUSE binding floor: ${FILE_SIZE / KiB ** 3} GiB file, page cache dropped before each run, median of ${runs} (best)`,
     `load average at start: ${load[0]}; at end: ${load[1]} (2 cores, shared)`,
-    'binding = src/fs/fuse-binding.ts answering from a 1 MiB pattern in memory (fuse-floor-fs.ts), vircptfs options;',
-    '  its requests counted by the file system, JS thr = its main thread, server - JS thr = libfuse workers + V8/libuv',
+    'binding = the addon (src/fs/fuse/) answering from a 1 MiB pattern in memory (fuse-floor-fs.ts), vircptfs options;',
+    '  its requests counted by the file system, JS thr = its main thread, server - JS thr = the addon writer threads + V8/libuv',
     'nbdfuse = libnbd C client (libfuse 3) over nbdkit pattern; its requests = its read(2)s of /dev/fuse (/proc/PID/io syscr)',
     'readers = CPU of dd/cat (their kernel copies from the page cache); ra = read_ahead_kb; mb64 = ' + MB64.join(','),
     '', head, '-'.repeat(head.length),
@@ -271,7 +275,7 @@ async function main(): Promise<number> {
       await rm(work, { recursive: true, force: true });
     });
     const subjects: Served[] = [];
-    for (const [i, v] of [...VARIANTS, ...(withAb ? AB_VARIANTS : [])].entries()) {
+    for (const [i, v] of [...VARIANTS, ...abVariants()].entries()) {
       const s = await (v.server === 'binding' ? startBinding : startNbdfuse)(v, path.join(work, `m${i}`));
       steps.push(() => s.stop());
       await checkData(s);
