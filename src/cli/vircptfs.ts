@@ -29,6 +29,8 @@ Options (-o, comma-separated, repeatable):
                        (docs/scratch-guard.md)
   freeze | nofreeze    guest-agent fsfreeze around export start (default freeze, when the agent answers)
   readahead=KB         kernel read-ahead of the mount (default ${DEFAULTS.readaheadKb})
+  direct_io            disk files bypass the page cache: faster single passes (cp, rsync,
+                       dd), no warm re-reads from the page cache, no shared mmap
   log=FILE             log to FILE (daemon mode logs there; default: syslog is not used, see README)
   allow_other          let other users reach the mount; what they may read, uid/gid/umask say
                        (default: only the mounting user)

@@ -25,6 +25,8 @@ export interface FsOptions {
   umask: number;
   /** Kernel read-ahead for the mount (KiB). */
   readaheadKb: number;
+  /** Disk files bypass the page cache (per-open direct_io). */
+  directIo: boolean;
   /** Daemon log file. */
   logFile: string | undefined;
 }
@@ -114,6 +116,7 @@ function applyOption(o: FsOptions, opt: string): void {
     case 'scratch_reserve': o.scratchReserve = parseReserve(need(), key); return;
     case 'readahead': o.readaheadKb = parseUint(need(), key, 65536); return;
     case 'log': o.logFile = need(); return;
+    case 'direct_io': o.directIo = true; return;
     case 'freeze': o.freeze = true; return;
     case 'nofreeze': o.freeze = false; return;
     case 'allow_other': o.allowOther = true; return;
@@ -131,7 +134,7 @@ export function parseFsArgs(argv: readonly string[]): FsOptions {
   const o: FsOptions = {
     source: '', mountpoint: '', foreground: false, debug: false, domains: [], cacheBytes: DEFAULTS.cacheBytes,
     idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true,
-    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
+    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, directIo: false, logFile: undefined,
   };
   const positional: string[] = [];
   for (let i = 0; i < argv.length; i++) {

@@ -1,6 +1,7 @@
 // A realistic guest disk (GPT, ext4 at 1 MiB) read the way an admin would: the partition of
 // <target>.raw loop-mounted read-only by offset, its files' checksums equal to what was put in.
 // Once with the domain running (backup job) and once shut off (qemu-nbd).
+
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -15,7 +16,9 @@ import { checkpoint, MiB, waitReleased } from './helpers.js';
 
 const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 
-describe('vircptfs: an ext4 partition of a disk file, loop-mounted', () => {
+// Through the page cache (the default) and with -o direct_io (the loop device then reads through
+// FUSE's direct I/O path).
+for (const extra of [[], ['direct_io']]) describe(`vircptfs: an ext4 partition of a disk file, loop-mounted${extra.length ? ` (${extra.join(',')})` : ''}`, () => {
   const lab = new Lab('fsloop');
   let vm: LabVm;
   let m: FsMount;
@@ -31,7 +34,7 @@ describe('vircptfs: an ext4 partition of a disk file, loop-mounted', () => {
     tmp = await mkdtemp('/var/tmp/vircptfs-fsloop-');
     vm = await lab.vm({ disks: [{ target: 'sda', bus: 'sata', size: 48 * MiB, files: content }] });
     await checkpoint(vm, 'l1');
-    m = await mountFs({ options: [`domain=${vm.name}`, 'idle=1'] });
+    m = await mountFs({ options: [`domain=${vm.name}`, 'idle=1', ...extra] });
   });
   after(async () => {
     await m?.cleanup();
