@@ -6,7 +6,7 @@
   },
   "targets": [{
     "target_name": "vircptfs_fuse",
-    "sources": ["session.c"],
+    "sources": ["session.c", "ops.c", "replies.c"],
     "include_dirs": ["<!@(pkg-config fuse3 --cflags-only-I | sed s/-I//g)"],
     "libraries": ["<!@(pkg-config fuse3 --libs)"],
     "cflags": ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter"],

@@ -1,99 +1,52 @@
-// vircptfs's FUSE addon: libfuse 3's low-level API driven from Node's event loop.
+// vircptfs's FUSE addon: libfuse 3's low-level API driven from Node's event loop. This file is
+// the event-loop side and the session's life (mount, detach, stop, destroy); docs/fuse-addon.md
+// describes the whole design.
 //
-// No thread of our own: the session's /dev/fuse descriptor is made non-blocking and watched by a
-// uv_poll handle; when it is readable, requests are received and processed on the loop thread
-// (at most REQUESTS_PER_WAKEUP per wakeup, so a flood of requests cannot starve timers and
-// sockets), each one handed to one JavaScript function with its arguments. JavaScript answers
-// later, from any callback, through the reply functions below, naming the request by its slot.
-// The low-level API allows a reply at any time after the request arrived; libfuse keeps no
-// thread waiting on it.
+// The session's /dev/fuse descriptor is made non-blocking and watched by a uv_poll handle; when
+// it is readable, requests are received and processed on the loop thread (at most
+// REQUESTS_PER_WAKEUP per wakeup, so a flood of requests cannot starve timers and sockets), each
+// one handed to one JavaScript function (ops.c). JavaScript answers later, from any callback,
+// through the reply functions (replies.c), naming the request by its slot (slots.h). Replies to
+// reads are written by two threads that only move bytes (writers.h).
 //
 // Consequence: the thread that serves the mount is the JavaScript thread. A synchronous call of
-// the daemon into its own mount (fs.*Sync on a path inside it) would wait for itself forever;
-// asynchronous calls (libuv's thread pool) are fine. src/fs/fuse/ says so where it matters.
-//
-// One libuv handle per mount, closed when the session ends: nothing grows with load.
-#define FUSE_USE_VERSION 35
-
+// the daemon into its own mount would wait for itself; the watchdog (watchdog.h) answers such
+// requests EDEADLK instead. Fixed cost per mount: one uv_poll and one uv_async handle, two writer
+// threads and one watchdog thread, whatever the load.
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse_lowlevel.h>
-#include <node_api.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <uv.h>
 
-#include "slots.h"
-#include "watchdog.h"
-#include "writers.h"
+#include "addon.h"
 
 #define REQUESTS_PER_WAKEUP 64
 
-// The operations JavaScript is asked about (the first argument of the dispatch function).
-enum op {
-  OP_INIT = 0, OP_LOOKUP, OP_FORGET, OP_GETATTR, OP_OPENDIR, OP_READDIR, OP_RELEASEDIR,
-  OP_OPEN, OP_READ, OP_RELEASE, OP_STATFS, OP_LSEEK, OP_INTERRUPT,
-};
-
-typedef struct session {
-  napi_env env;
-  struct fuse_session *se;
-  struct fuse_conn_info_opts *conn_opts;
-  uv_poll_t poll;
-  struct fuse_buf buf;
-  napi_ref dispatch;   // function (op, slot, ino, a, b, c, name, uid, gid, pid)
-  napi_ref on_end;     // function (status)
-  napi_ref self;       // keeps the external alive while the poll handle is open
-  napi_async_context async;
-  struct slots slots;  // requests JavaScript has not answered yet
-  struct watchdog watchdog;
-  struct writers writers;
-  napi_ref on_written; // function (token): a reply's buffer is free again
-  int open_handles;    // libuv handles (poll, writers' async) not yet closed
-  int polling;         // the uv_poll handle is initialised and not yet closed
-  int ended;           // the session's loop is over (ENODEV, error, or stop())
-  int end_status;
-  char *mountpoint;
-} session_t;
-
-// ---- helpers -------------------------------------------------------------------------------
-
-#define CHECK(env, call)                                                   \
-  do {                                                                     \
-    if ((call) != napi_ok) {                                               \
-      napi_throw_error((env), NULL, "vircptfs addon: N-API call failed: " #call); \
-      return NULL;                                                         \
-    }                                                                      \
-  } while (0)
-
-static napi_value make_number(napi_env env, double v) {
+napi_value make_number(napi_env env, double v) {
   napi_value out;
   napi_create_double(env, v, &out);
   return out;
 }
 
-static napi_value undefined(napi_env env) {
+napi_value undefined(napi_env env) {
   napi_value out;
   napi_get_undefined(env, &out);
   return out;
 }
 
-static int get_double(napi_env env, napi_value v, double *out) {
+int get_double(napi_env env, napi_value v, double *out) {
   return napi_get_value_double(env, v, out) == napi_ok;
 }
 
-static int get_u64(napi_env env, napi_value v, uint64_t *out) {
+int get_u64(napi_env env, napi_value v, uint64_t *out) {
   double d;
   if (!get_double(env, v, &d) || !(d >= 0) || d > 9007199254740991.0) return 0;
   *out = (uint64_t)d;
   return 1;
 }
 
-static session_t *session_of(napi_env env, napi_value v) {
+session_t *session_of(napi_env env, napi_value v) {
   void *data = NULL;
   if (napi_get_value_external(env, v, &data) != napi_ok || data == NULL) {
     napi_throw_type_error(env, NULL, "vircptfs addon: not a session");
@@ -104,7 +57,7 @@ static session_t *session_of(napi_env env, napi_value v) {
 
 // Calls the dispatch function. Runs inside the callback scope opened by on_readable, so
 // promises and nextTicks queued by JavaScript run once the batch is processed.
-static void dispatch(session_t *s, enum op op, uint32_t slot, double ino, double a, double b,
+void dispatch(session_t *s, enum op op, uint32_t slot, double ino, double a, double b,
                      double c, const char *name, const struct fuse_ctx *ctx) {
   napi_env env = s->env;
   napi_handle_scope scope;
@@ -134,180 +87,6 @@ static void dispatch(session_t *s, enum op op, uint32_t slot, double ino, double
   }
   napi_close_handle_scope(env, scope);
 }
-
-// The session that is the first argument of a call from JavaScript (s), or a TypeError.
-#define SESSION_ARG                                                    \
-  size_t argc = 1;                                                     \
-  napi_value argv[1];                                                  \
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));    \
-  session_t *s = session_of(env, argv[0]);                             \
-  if (!s) return NULL;
-
-static session_t *session_of_req(fuse_req_t req) {
-  return fuse_req_userdata(req);
-}
-
-// Registers a request and hands it to JavaScript; EIO when no slot can be had.
-static void forward(fuse_req_t req, enum op op, double ino, double a, double b, double c,
-                    const char *name) {
-  session_t *s = session_of_req(req);
-  uint32_t slot = slots_put(&s->slots, req);
-  if (slot == 0) {
-    fuse_reply_err(req, EIO);
-    return;
-  }
-  dispatch(s, op, slot, ino, a, b, c, name, fuse_req_ctx(req));
-}
-
-// ---- low-level operations ------------------------------------------------------------------
-
-static void ll_init(void *userdata, struct fuse_conn_info *conn) {
-  session_t *s = userdata;
-  // Splice is off by default; libfuse 3 turns on async reads, parallel dirops and the largest
-  // requests the kernel offers (max_pages) by itself. The mount's -o connection options win.
-  if (s->conn_opts) fuse_apply_conn_info_opts(s->conn_opts, conn);
-  dispatch(s, OP_INIT, 0, 0, conn->max_readahead, conn->max_write, conn->max_background, NULL, NULL);
-}
-
-static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  forward(req, OP_LOOKUP, parent, 0, 0, 0, name);
-}
-
-static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
-  session_t *s = session_of_req(req);
-  fuse_reply_none(req);
-  dispatch(s, OP_FORGET, 0, ino, (double)nlookup, 0, 0, NULL, NULL);
-}
-
-static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
-  session_t *s = session_of_req(req);
-  for (size_t i = 0; i < count; i++) {
-    dispatch(s, OP_FORGET, 0, forgets[i].ino, (double)forgets[i].nlookup, 0, 0, NULL, NULL);
-  }
-  fuse_reply_none(req);
-}
-
-static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  (void)fi;
-  forward(req, OP_GETATTR, ino, 0, 0, 0, NULL);
-}
-
-static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  (void)fi;
-  forward(req, OP_OPENDIR, ino, 0, 0, 0, NULL);
-}
-
-static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  forward(req, OP_READDIR, ino, (double)fi->fh, (double)off, (double)size, NULL);
-}
-
-static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  forward(req, OP_RELEASEDIR, ino, (double)fi->fh, 0, 0, NULL);
-}
-
-static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  // Opening for writing is refused here, whatever JavaScript would say.
-  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-    fuse_reply_err(req, EROFS);
-    return;
-  }
-  forward(req, OP_OPEN, ino, fi->flags, 0, 0, NULL);
-}
-
-static void on_interrupt(fuse_req_t req, void *data) {
-  session_t *s = session_of_req(req);
-  uint32_t slot = (uint32_t)(uintptr_t)data;
-  // Only while JavaScript still holds the request: after its reply the slot may be reused.
-  if (slots_peek(&s->slots, slot) == req) dispatch(s, OP_INTERRUPT, slot, 0, 0, 0, 0, NULL, NULL);
-}
-
-static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  session_t *s = session_of_req(req);
-  uint32_t slot = slots_put(&s->slots, req);
-  if (slot == 0) {
-    fuse_reply_err(req, EIO);
-    return;
-  }
-  dispatch(s, OP_READ, slot, ino, (double)fi->fh, (double)off, (double)size, NULL, fuse_req_ctx(req));
-  // After dispatch: an interrupt that already arrived calls on_interrupt at once, and then
-  // JavaScript knows the slot. Not when JavaScript answered synchronously (slot free again).
-  if (slots_peek(&s->slots, slot) == req) fuse_req_interrupt_func(req, on_interrupt, (void *)(uintptr_t)slot);
-}
-
-static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  forward(req, OP_RELEASE, ino, (double)fi->fh, 0, 0, NULL);
-}
-
-static void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
-  forward(req, OP_STATFS, ino, 0, 0, 0, NULL);
-}
-
-static void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi) {
-  forward(req, OP_LSEEK, ino, (double)fi->fh, (double)off, whence, NULL);
-}
-
-// Everything that would change the filesystem: read-only, whoever asks.
-static void rofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
-static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
-  (void)ino; (void)attr; (void)to_set; (void)fi; rofs(req);
-}
-static void ll_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t d) {
-  (void)p; (void)n; (void)m; (void)d; rofs(req);
-}
-static void ll_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { (void)p; (void)n; (void)m; rofs(req); }
-static void ll_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { (void)p; (void)n; rofs(req); }
-static void ll_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { (void)l; (void)p; (void)n; rofs(req); }
-static void ll_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn, unsigned int f) {
-  (void)p; (void)n; (void)np; (void)nn; (void)f; rofs(req);
-}
-static void ll_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np, const char *nn) { (void)i; (void)np; (void)nn; rofs(req); }
-static void ll_write(fuse_req_t req, fuse_ino_t i, const char *b, size_t sz, off_t o, struct fuse_file_info *fi) {
-  (void)i; (void)b; (void)sz; (void)o; (void)fi; rofs(req);
-}
-static void ll_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v, size_t sz, int f) {
-  (void)i; (void)n; (void)v; (void)sz; (void)f; rofs(req);
-}
-static void ll_removexattr(fuse_req_t req, fuse_ino_t i, const char *n) { (void)i; (void)n; rofs(req); }
-static void ll_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi) {
-  (void)p; (void)n; (void)m; (void)fi; rofs(req);
-}
-static void ll_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_info *fi) {
-  (void)i; (void)m; (void)o; (void)l; (void)fi; rofs(req);
-}
-static void ll_copy_file_range(fuse_req_t req, fuse_ino_t i, off_t o, struct fuse_file_info *fi, fuse_ino_t oi,
-                               off_t oo, struct fuse_file_info *ofi, size_t l, int f) {
-  (void)i; (void)o; (void)fi; (void)oi; (void)oo; (void)ofi; (void)l; (void)f; rofs(req);
-}
-
-static const struct fuse_lowlevel_ops ll_ops = {
-  .init = ll_init,
-  .lookup = ll_lookup,
-  .forget = ll_forget,
-  .forget_multi = ll_forget_multi,
-  .getattr = ll_getattr,
-  .opendir = ll_opendir,
-  .readdir = ll_readdir,
-  .releasedir = ll_releasedir,
-  .open = ll_open,
-  .read = ll_read,
-  .release = ll_release,
-  .statfs = ll_statfs,
-  .lseek = ll_lseek,
-  .setattr = ll_setattr,
-  .mknod = ll_mknod,
-  .mkdir = ll_mkdir,
-  .unlink = ll_unlink,
-  .rmdir = ll_unlink,
-  .symlink = ll_symlink,
-  .rename = ll_rename,
-  .link = ll_link,
-  .write = ll_write,
-  .setxattr = ll_setxattr,
-  .removexattr = ll_removexattr,
-  .create = ll_create,
-  .fallocate = ll_fallocate,
-  .copy_file_range = ll_copy_file_range,
-};
 
 // ---- the event-loop side -------------------------------------------------------------------
 
@@ -445,7 +224,7 @@ static napi_value Mount(napi_env env, napi_callback_info info) {
   s->mountpoint = mountpoint;
   slots_init(&s->slots);
   s->conn_opts = fuse_parse_conn_info_opts(&args);
-  s->se = s->conn_opts ? fuse_session_new(&args, &ll_ops, sizeof ll_ops, s) : NULL;
+  s->se = s->conn_opts ? fuse_session_new(&args, &vircptfs_ll_ops, sizeof vircptfs_ll_ops, s) : NULL;
   fuse_opt_free_args(&args);
   const char *failed = NULL;
   if (!s->se) failed = "libfuse refused the options";
@@ -557,7 +336,6 @@ static napi_value DeadlocksAvoided(napi_env env, napi_callback_info info) {
   return make_number(env, (double)atomic_load(&s->watchdog.answered));
 }
 
-#include "replies.h"
 
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
@@ -567,8 +345,8 @@ NAPI_MODULE_INIT() {
     {"destroy", NULL, Destroy, NULL, NULL, NULL, napi_default, NULL},
     {"fd", NULL, Fd, NULL, NULL, NULL, napi_default, NULL},
     {"deadlocksAvoided", NULL, DeadlocksAvoided, NULL, NULL, NULL, napi_default, NULL},
-    REPLY_PROPERTIES
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_define_properties(env, exports, vircptfs_reply_property_count, vircptfs_reply_properties);
   return exports;
 }

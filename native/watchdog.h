@@ -36,7 +36,7 @@ struct watchdog {
   atomic_llong answered;        // requests the watchdog answered with EDEADLK
 };
 
-static long long now_ms(void) {
+static inline long long now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -47,7 +47,7 @@ static inline void watchdog_served(struct watchdog *w) {
 }
 
 // Answers every request now waiting (non-blocking fd: EAGAIN when drained).
-static void watchdog_answer(struct watchdog *w, char *buf) {
+static inline void watchdog_answer(struct watchdog *w, char *buf) {
   for (;;) {
     ssize_t n = read(w->fd, buf, WATCHDOG_BUF_SIZE);
     if (n < (ssize_t)sizeof(struct fuse_in_header)) return;
@@ -65,7 +65,7 @@ static void watchdog_answer(struct watchdog *w, char *buf) {
 
 // Requests count as stuck once /dev/fuse has stayed readable for stall_ms while the event loop
 // did not read it once: a request that merely arrived between two wakeups is never taken.
-static void *watchdog_run(void *arg) {
+static inline void *watchdog_run(void *arg) {
   struct watchdog *w = arg;
   char *buf = NULL;
   long long waiting_since = 0, served_then = 0;
@@ -100,7 +100,7 @@ static void *watchdog_run(void *arg) {
   return NULL;
 }
 
-static int watchdog_start(struct watchdog *w, int fd, int stall_ms) {
+static inline int watchdog_start(struct watchdog *w, int fd, int stall_ms) {
   w->fd = fd;
   w->stall_ms = stall_ms;
   w->stop = 0;
@@ -115,7 +115,7 @@ static int watchdog_start(struct watchdog *w, int fd, int stall_ms) {
   return 0;
 }
 
-static void watchdog_stop(struct watchdog *w) {
+static inline void watchdog_stop(struct watchdog *w) {
   if (!w->running) return;
   pthread_mutex_lock(&w->lock);
   w->stop = 1;

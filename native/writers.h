@@ -33,7 +33,7 @@ struct writers {
   uv_async_t async;               // wakes the loop thread for done jobs
 };
 
-static void *writer_run(void *arg) {
+static inline void *writer_run(void *arg) {
   struct writers *w = arg;
   pthread_mutex_lock(&w->lock);
   for (;;) {
@@ -54,7 +54,7 @@ static void *writer_run(void *arg) {
 }
 
 // uv_async_init is the caller's (it needs the loop and the callback); this starts the threads.
-static int writers_start(struct writers *w) {
+static inline int writers_start(struct writers *w) {
   w->head = w->tail = w->done = NULL;
   w->stop = 0;
   w->started = 0;
@@ -67,7 +67,7 @@ static int writers_start(struct writers *w) {
   return w->started > 0 ? 0 : -1;
 }
 
-static int writers_push(struct writers *w, fuse_req_t req, const void *data, size_t len, double token) {
+static inline int writers_push(struct writers *w, fuse_req_t req, const void *data, size_t len, double token) {
   struct write_job *job = malloc(sizeof *job);
   if (!job) return -1;
   *job = (struct write_job){.req = req, .data = data, .len = len, .token = token};
@@ -81,7 +81,7 @@ static int writers_push(struct writers *w, fuse_req_t req, const void *data, siz
 }
 
 // The jobs written so far, in a list the caller frees (loop thread).
-static struct write_job *writers_take_done(struct writers *w) {
+static inline struct write_job *writers_take_done(struct writers *w) {
   pthread_mutex_lock(&w->lock);
   struct write_job *done = w->done;
   w->done = NULL;
@@ -90,7 +90,7 @@ static struct write_job *writers_take_done(struct writers *w) {
 }
 
 // Writes what is queued, then ends the threads (the session is ending).
-static void writers_stop(struct writers *w) {
+static inline void writers_stop(struct writers *w) {
   pthread_mutex_lock(&w->lock);
   w->stop = 1;
   pthread_cond_broadcast(&w->wake);
@@ -99,7 +99,7 @@ static void writers_stop(struct writers *w) {
   w->started = 0;
 }
 
-static void writers_free(struct writers *w) {
+static inline void writers_free(struct writers *w) {
   struct write_job *job = writers_take_done(w);
   while (job) {
     struct write_job *next = job->next;

@@ -7,7 +7,7 @@ export const enum Op {
   Init = 0, Lookup, Forget, Getattr, Opendir, Readdir, Releasedir, Open, Read, Release, Statfs, Lseek, Interrupt,
 }
 
-/** Indexes of the Float64Array the attribute replies read (replies.h, enum attr_field). */
+/** Indexes of the Float64Array the attribute replies read (native/replies.c, enum attr_field). */
 export const enum Attr {
   Ino = 0, Mode, Nlink, Uid, Gid, Size, Blocks, Blksize, Atime, Mtime, Ctime, AttrTimeout, EntryTimeout, Fields,
 }

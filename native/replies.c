@@ -2,8 +2,12 @@
 // stale id (the request was answered already, or the loop ended and answered it with EIO) is
 // ignored and reported by a false return, so JavaScript can tell without the kernel seeing two
 // replies to one request.
-#ifndef VIRCPTFS_REPLIES_H
-#define VIRCPTFS_REPLIES_H
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "addon.h"
 
 // attr: a Float64Array of ATTR_FIELDS values, filled by JavaScript (src/fs/fuse/native.ts).
 enum attr_field {
@@ -256,16 +260,16 @@ static napi_value Pending(napi_env env, napi_callback_info info) {
   return make_number(env, s->slots.used);
 }
 
-#define REPLY_PROPERTIES                                                         \
-  {"replyErr", NULL, ReplyErr, NULL, NULL, NULL, napi_default, NULL},            \
-  {"replyEntry", NULL, ReplyEntry, NULL, NULL, NULL, napi_default, NULL},        \
-  {"replyAttr", NULL, ReplyAttr, NULL, NULL, NULL, napi_default, NULL},          \
-  {"replyOpen", NULL, ReplyOpen, NULL, NULL, NULL, napi_default, NULL},          \
-  {"replyBuf", NULL, ReplyBuf, NULL, NULL, NULL, napi_default, NULL},            \
-  {"replyBufLater", NULL, ReplyBufLater, NULL, NULL, NULL, napi_default, NULL},  \
-  {"replyDirents", NULL, ReplyDirents, NULL, NULL, NULL, napi_default, NULL},    \
-  {"replyStatfs", NULL, ReplyStatfs, NULL, NULL, NULL, napi_default, NULL},      \
-  {"replyLseek", NULL, ReplyLseek, NULL, NULL, NULL, napi_default, NULL},        \
+const napi_property_descriptor vircptfs_reply_properties[] = {
+  {"replyErr", NULL, ReplyErr, NULL, NULL, NULL, napi_default, NULL},
+  {"replyEntry", NULL, ReplyEntry, NULL, NULL, NULL, napi_default, NULL},
+  {"replyAttr", NULL, ReplyAttr, NULL, NULL, NULL, napi_default, NULL},
+  {"replyOpen", NULL, ReplyOpen, NULL, NULL, NULL, napi_default, NULL},
+  {"replyBuf", NULL, ReplyBuf, NULL, NULL, NULL, napi_default, NULL},
+  {"replyBufLater", NULL, ReplyBufLater, NULL, NULL, NULL, napi_default, NULL},
+  {"replyDirents", NULL, ReplyDirents, NULL, NULL, NULL, napi_default, NULL},
+  {"replyStatfs", NULL, ReplyStatfs, NULL, NULL, NULL, napi_default, NULL},
+  {"replyLseek", NULL, ReplyLseek, NULL, NULL, NULL, napi_default, NULL},
   {"pending", NULL, Pending, NULL, NULL, NULL, napi_default, NULL},
-
-#endif
+};
+const size_t vircptfs_reply_property_count = sizeof vircptfs_reply_properties / sizeof vircptfs_reply_properties[0];
