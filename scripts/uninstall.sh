@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Removes exactly what scripts/install.sh put in place: the paths listed in
-# PREFIX/lib/vircptfs/.vircptfs-install (the wrappers, the mount(8) helper, the package copy).
-# Without that list (the copy removed by hand), it looks at the default places and removes only
-# files that carry install.sh's marker. Anything else is left alone. Idempotent.
+# Removes exactly what scripts/install.sh put in place: the npm package (npm uninstall -g, which
+# takes its PREFIX/bin links along) and what its list, PREFIX/lib/node_modules/vircptfs/
+# .vircptfs-install, names (the mount(8) helper, folders made for it). Without that list, it
+# looks at the default places and removes only a helper that carries install.sh's marker and
+# points into this prefix. Anything else is left alone. Idempotent.
 # Live vircptfs mounts keep running (their code is loaded) and still unmount with umount.
 set -euo pipefail
 
@@ -24,26 +25,24 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$(id -u)" = 0 ] || die "run as root"
-libdir=$prefix/lib/vircptfs
+pkgdir=$prefix/lib/node_modules/vircptfs
 
 paths=()
 dirs=()
-if [ -f "$libdir/$MANIFEST" ]; then
+if [ -f "$pkgdir/$MANIFEST" ]; then
   while read -r line; do
     case $line in '#'*|'') ;; 'dir '*) dirs+=("${line#dir }") ;; *) paths+=("$line") ;; esac
-  done <"$libdir/$MANIFEST"
+  done <"$pkgdir/$MANIFEST"
 else
-  paths=("$prefix/bin/vircpt" "$prefix/bin/vircptfs" "$sbindir/mount.fuse.vircptfs")
+  paths=("$sbindir/mount.fuse.vircptfs")
 fi
 
-# Ours: carries the marker and runs this prefix's copy (another prefix's install is not ours).
-ours() { [ -f "$1" ] && grep -q "$MARKER" "$1" && grep -qF "'$libdir/dist/src/bin/" "$1"; }
+# Ours: carries the marker and runs this prefix's package (another prefix's install is not ours).
+ours() { [ -f "$1" ] && grep -q "$MARKER" "$1" && grep -qF "'$pkgdir/dist/src/bin/" "$1"; }
 
 removed=0
 for p in "${paths[@]}"; do
-  if [ "$p" = "$libdir" ]; then
-    continue # last, once nothing points into it
-  elif ours "$p"; then
+  if ours "$p"; then
     rm -f "$p"
     log "removed $p"
     removed=$((removed + 1))
@@ -51,9 +50,9 @@ for p in "${paths[@]}"; do
     log "left $p: not installed by install.sh"
   fi
 done
-if [ -f "$libdir/$MANIFEST" ]; then
-  rm -rf "$libdir"
-  log "removed $libdir"
+if [ -f "$pkgdir/package.json" ] && [ "$(node -p 'require(process.argv[1]).name' "$pkgdir/package.json" 2>/dev/null)" = vircptfs ]; then
+  npm uninstall -g --prefix "$prefix" --no-audit --no-fund --loglevel=warn vircptfs >&2 || die "npm uninstall -g vircptfs failed"
+  log "removed $pkgdir and its links in $prefix/bin"
   removed=$((removed + 1))
 fi
 for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do # deepest first

@@ -1,4 +1,5 @@
-// The machine-wide install (scripts/install.sh) as a test must leave it: whatever was at the
+// The machine-wide install (scripts/install.sh: npm install -g of the packed repository, plus the
+// mount(8) helper) as a test must leave it: whatever was at the
 // install's paths before the test (an earlier install, or someone else's files) is set aside
 // first and put back afterwards, exactly; what the test installed is removed with uninstall.sh.
 import { randomBytes } from 'node:crypto';
@@ -10,26 +11,37 @@ import { execa } from 'execa';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const PREFIX = '/usr/local';
-export const LIBDIR = `${PREFIX}/lib/vircptfs`;
+/** Where npm install -g puts the package; PREFIX/bin/vircpt and vircptfs are npm's links into it. */
+export const LIBDIR = `${PREFIX}/lib/node_modules/vircptfs`;
 export const BIN = { vircpt: `${PREFIX}/bin/vircpt`, vircptfs: `${PREFIX}/bin/vircptfs` };
 /** Where mount(8) looks for `mount.fuse.vircptfs` (util-linux: /sbin, /sbin/fs.d, /sbin/fs). */
 export const HELPER = '/sbin/mount.fuse.vircptfs';
 export const INSTALLED_JS = `${LIBDIR}/dist/src/bin/vircptfs.js`;
 const PATHS = [BIN.vircpt, BIN.vircptfs, HELPER, LIBDIR];
+/** An install by the install.sh of before the npm package (a copy of the build): set aside too. */
+const OLD_LIBDIR = `${PREFIX}/lib/vircptfs`;
 
 export interface ScriptRun {
   code: number;
   output: string;
 }
 
-/** Runs scripts/install.sh or uninstall.sh as a user would, from the repository. */
+/**
+ * Runs scripts/install.sh or uninstall.sh as a user would, from the repository, with no personal
+ * npm configuration (root's ~/.npmrc may name a nodedir: the package must find Node's headers).
+ */
 export async function runScript(name: 'install.sh' | 'uninstall.sh'): Promise<ScriptRun> {
-  const r = await execa('bash', [path.join(REPO, 'scripts', name)], { reject: false, all: true, timeout: 300_000, stdin: 'ignore' });
+  const env = { npm_config_userconfig: '/dev/null', npm_config_update_notifier: 'false' };
+  const r = await execa('bash', [path.join(REPO, 'scripts', name)], { env, reject: false, all: true, timeout: 600_000, stdin: 'ignore' });
   return { code: r.exitCode ?? -1, output: String(r.all) };
 }
 
 export function installedPaths(): string[] {
   return PATHS.filter((p) => existsSync(p));
+}
+
+function presentPaths(): string[] {
+  return [...PATHS, OLD_LIBDIR].filter((p) => existsSync(p));
 }
 
 /** What was at the install's paths before the test. */
@@ -38,7 +50,7 @@ export class InstallState {
 
   /** Moves anything at the install's paths to a private folder (copied, then removed). */
   static async setAside(): Promise<InstallState> {
-    const present = installedPaths();
+    const present = presentPaths();
     if (present.length === 0) return new InstallState(undefined, []);
     const saved = `/var/tmp/vircptfs-mt-install-${process.pid}-${randomBytes(3).toString('hex')}`;
     await mkdir(saved, { mode: 0o700 });
