@@ -1,13 +1,11 @@
 // The benchmark's printout: MB/s of each way of reading, the ratios vircptfs/nbdfuse and
 // vircptfs/QEMU, vircptfs's peak RSS and first-byte latency, and the targets met or not.
 import { best, median, type Sample, type TestName } from './fs-measure.js';
+import { NBDFUSE, QEMU, VIRCPTFS } from './fs-subjects.js';
 
 const MiB = 1024 * 1024;
 const MB = 1e6;
 
-export const VIRCPTFS = 'vircptfs';
-export const NBDFUSE = 'nbdfuse';
-export const QEMU = 'QEMU FUSE';
 
 export interface Results {
   size: number;

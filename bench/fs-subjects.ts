@@ -11,7 +11,11 @@ import { execa } from 'execa';
 import { LAB_URI, virsh, type LabVm } from '../test/lab/lab.js';
 import { mountEntry, mountFs } from '../test/lab/mount.js';
 import { requireTools, run } from '../test/lab/tools.js';
-import { NBDFUSE, QEMU, VIRCPTFS } from './fs-report.js';
+
+/** The subjects' names, as the report prints them. */
+export const VIRCPTFS = 'vircptfs';
+export const NBDFUSE = 'nbdfuse';
+export const QEMU = 'QEMU FUSE';
 
 export interface Subject {
   readonly name: string;

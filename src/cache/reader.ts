@@ -1,11 +1,11 @@
 // One open file's reads, with read-ahead on sequential access only (sshfs's next_pos ==
-// offset; STYLE.md habit 9). The window grows 2 -> 4 -> 8 -> 16 MiB like Linux read-ahead:
-// each chunk is fetched while the reader consumes the previous one, and a read that enters a
-// chunk (passes its "trigger", Linux's PG_readahead mark) asks for the next, twice as large.
+// offset: a read that starts where the last one ended). The window grows 2 -> 4 -> 8 -> 16 MiB
+// like Linux read-ahead: each chunk is fetched while the reader consumes the previous one, and a
+// read that enters a chunk (passes its "trigger", Linux's PG_readahead mark) asks for the next,
+// twice as large.
 // The reads themselves never wait for read-ahead.
 import { VircptError } from '../errors.js';
-import type { BlockCache } from './block-cache.js';
-import type { BlockSource, ReadaheadOptions } from './types.js';
+import type { BlockSource, CacheReads, ReadaheadOptions } from './types.js';
 
 const MiB = 1024 * 1024;
 export const DEFAULT_READAHEAD_MIN = 2 * MiB;
@@ -41,7 +41,7 @@ export function readerConfig(blockSize: number, maxBytes: number, opts: Readahea
 
 export class Reader {
   readonly source: BlockSource;
-  readonly #cache: BlockCache;
+  readonly #cache: CacheReads;
   readonly #cfg: ReaderConfig;
   #nextOffset = 0;
   /** Size of the last read-ahead chunk; 0 after random access. */
@@ -56,7 +56,7 @@ export class Reader {
   readonly #pending = new Set<Promise<void>>();
   #closed: Promise<void> | undefined;
 
-  constructor(cache: BlockCache, source: BlockSource, cfg: ReaderConfig) {
+  constructor(cache: CacheReads, source: BlockSource, cfg: ReaderConfig) {
     this.#cache = cache;
     this.source = source;
     this.#cfg = cfg;

@@ -89,3 +89,10 @@ export interface BlockCacheOptions {
   poolBytes?: number;
   readahead?: ReadaheadOptions;
 }
+
+/** What a Reader asks of the cache under it (BlockCache implements it). */
+export interface CacheReads {
+  read(source: BlockSource, offset: number, length: number, into: Buffer, signal?: AbortSignal): Promise<number>;
+  prefetch(source: BlockSource, offset: number, end: number): Promise<void>;
+  dropPassed(source: BlockSource, fromIndex: number, toIndex: number): void;
+}
