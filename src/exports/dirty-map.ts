@@ -1,7 +1,7 @@
-// dirty-map.json (DESIGN.md): per disk, the extents changed since a checkpoint, shaped like
+// dirty-map.json (docs/design.md): per disk, the extents changed since a checkpoint, shaped like
 // `nbdinfo --map --json` output (offset, length, type, description) so scripts carry over.
-import type { Extent } from '../nbd/index.js';
-import { NBD_STATE_DIRTY } from '../nbd/index.js';
+import { appendRun, type Extent } from '../nbd/extents.js';
+import { NBD_STATE_DIRTY } from '../nbd/constants.js';
 
 export interface MapExtent {
   offset: number;
@@ -17,6 +17,9 @@ export interface DirtyMap {
   disks: Record<string, { size: number; extents: MapExtent[] }>;
 }
 
+/** Neighbours in dirty-map.json merge when of one type. */
+export const sameType = (a: MapExtent, b: MapExtent) => a.type === b.type;
+
 /**
  * Extents covering [0, size) with no gap and no overlap: dirty (type 1) where the bitmap says so,
  * clean (type 0) elsewhere, neighbours of one type merged.
@@ -24,12 +27,8 @@ export interface DirtyMap {
 export function toMapExtents(extents: readonly Extent[], size: number): MapExtent[] {
   const out: MapExtent[] = [];
   let pos = 0;
-  const push = (offset: number, length: number, type: number) => {
-    if (length <= 0) return;
-    const last = out[out.length - 1];
-    if (last && last.type === type && last.offset + last.length === offset) last.length += length;
-    else out.push({ offset, length, type, description: type ? 'dirty' : 'clean' });
-  };
+  const push = (offset: number, length: number, type: number) =>
+    appendRun(out, { offset, length, type, description: type ? 'dirty' : 'clean' }, sameType);
   for (const e of extents) {
     const start = Math.max(e.offset, pos);
     const end = Math.min(e.offset + e.length, size);

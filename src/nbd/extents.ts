@@ -26,7 +26,8 @@ const alignUp = (n: number, a: number) => alignDown(n + a - 1, a);
 export async function* walkExtents(query: BlockStatusQuery, walk: ExtentWalk): AsyncGenerator<Extent> {
   const end = walk.offset + walk.length;
   let pos = walk.offset;
-  let pending: Extent | undefined;
+  // Merged runs not yet yielded: the last one may still grow with the next answer.
+  const runs: Extent[] = [];
   while (pos < end) {
     const start = alignDown(pos, walk.alignment);
     const stop = Math.min(start + walk.maxRequest, alignUp(end, walk.alignment), walk.size);
@@ -36,28 +37,34 @@ export async function* walkExtents(query: BlockStatusQuery, walk: ExtentWalk): A
       const from = Math.max(at, pos);
       at += answer[i]!;
       const to = Math.min(at, end);
-      if (to <= from) continue;
-      const flags = answer[i + 1]!;
-      if (pending !== undefined && pending.flags === flags && pending.offset + pending.length === from) {
-        pending.length += to - from;
-      } else {
-        if (pending !== undefined) yield pending;
-        pending = { offset: from, length: to - from, flags };
-      }
+      if (to > from) appendRun(runs, { offset: from, length: to - from, flags: answer[i + 1]! }, sameFlags);
     }
     if (at <= pos) throw protocolError(`block status at ${start} made no progress past ${pos}`);
     pos = Math.min(at, end);
+    yield* runs.splice(0, runs.length - 1);
   }
-  if (pending !== undefined) yield pending;
+  yield* runs;
 }
+
+/** A run of bytes: an extent, a dirty-map.json entry. */
+export interface Run { offset: number; length: number }
+
+/**
+ * The one run merger: appends `run` to `runs`, or lengthens the last run instead when `run`
+ * starts where it ends and `same` says they are of one kind. Empty runs are dropped.
+ */
+export function appendRun<R extends Run>(runs: R[], run: R, same: (last: R, run: R) => boolean): void {
+  if (run.length <= 0) return;
+  const last = runs[runs.length - 1];
+  if (last !== undefined && last.offset + last.length === run.offset && same(last, run)) last.length += run.length;
+  else runs.push(run);
+}
+
+const sameFlags = (a: Extent, b: Extent) => a.flags === b.flags;
 
 /** Merges adjacent extents with equal flags (for comparing lists from different sources). */
 export function mergeExtents(extents: Iterable<Extent>): Extent[] {
   const out: Extent[] = [];
-  for (const e of extents) {
-    const last = out[out.length - 1];
-    if (last !== undefined && last.flags === e.flags && last.offset + last.length === e.offset) last.length += e.length;
-    else out.push({ ...e });
-  }
+  for (const e of extents) appendRun(out, { ...e }, sameFlags);
   return out;
 }

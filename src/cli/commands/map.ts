@@ -1,8 +1,9 @@
 // vircpt map: per disk, the extents changed since a checkpoint (or, with --base, the allocation
 // extents), in the shape `nbdinfo --map --json` prints.
 import { BASE_ALLOCATION } from '../../exports/nbd-disk.js';
-import { toMapExtents, type DirtyMap, type MapExtent } from '../../exports/dirty-map.js';
-import { NBD_STATE_HOLE, NBD_STATE_ZERO, type Extent } from '../../nbd/index.js';
+import { sameType, toMapExtents, type DirtyMap, type MapExtent } from '../../exports/dirty-map.js';
+import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../../nbd/constants.js';
+import { appendRun, type Extent } from '../../nbd/extents.js';
 import { printJson, type Ctx } from '../context.js';
 import { withExport } from '../use-export.js';
 
@@ -10,13 +11,8 @@ import { withExport } from '../use-export.js';
 export function allocationExtents(extents: readonly Extent[]): MapExtent[] {
   const out: MapExtent[] = [];
   for (const e of extents) {
-    const last = out[out.length - 1];
-    if (last && last.type === e.flags && last.offset + last.length === e.offset) {
-      last.length += e.length;
-      continue;
-    }
     const words = [e.flags & NBD_STATE_HOLE ? 'hole' : '', e.flags & NBD_STATE_ZERO ? 'zero' : ''].filter(Boolean);
-    out.push({ offset: e.offset, length: e.length, type: e.flags, description: words.length ? words.join(',') : 'data' });
+    appendRun(out, { offset: e.offset, length: e.length, type: e.flags, description: words.length ? words.join(',') : 'data' }, sameType);
   }
   return out;
 }
