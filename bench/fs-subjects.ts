@@ -1,6 +1,6 @@
 // The three ways the benchmark serves the same 4 GiB disk as one file: vircptfs (its own backup
 // job, started on first open), nbdfuse over a pull-mode backup job the bench starts itself
-// (LAB.md), and QEMU's own FUSE export of a copy of the image (qemu-storage-daemon). Each is
+// (docs/lab.md), and QEMU's own FUSE export of a copy of the image (qemu-storage-daemon). Each is
 // stopped by the PID the bench started, and each stop is idempotent.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -8,6 +8,7 @@ import { chown, mkdir, mkdtemp, rm, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
+import { backupXml } from '../src/libvirt/backup.js';
 import { LAB_URI, virsh, type LabVm } from '../test/lab/lab.js';
 import { mountEntry, mountFs } from '../test/lab/mount.js';
 import { requireTools, run } from '../test/lab/tools.js';
@@ -88,19 +89,6 @@ export async function startVircptfs(vm: LabVm, checkpoint: string, options: stri
   return { name: VIRCPTFS, file: mount.path(vm.name, checkpoint, 'sda.raw'), pid: mount.pid, stop: once(() => mount.cleanup()) };
 }
 
-export function backupXml(checkpoint: string, socket: string, scratch: string): string {
-  return `<domainbackup mode='pull'>
-  <incremental>${checkpoint}</incremental>
-  <server transport='unix' socket='${socket}'/>
-  <disks>
-    <disk name='sda' backup='yes' type='file'>
-      <scratch file='${scratch}'/>
-    </disk>
-  </disks>
-</domainbackup>
-`;
-}
-
 /** A pull-mode backup job of the VM's sda: folder for its socket and scratch, XML, end. */
 export class BackupJob {
   readonly dir: string;
@@ -114,13 +102,14 @@ export class BackupJob {
     this.#xml = path.join(dir, 'backup.xml');
   }
 
-  /** QEMU (libvirt-qemu) must be able to create the socket: the folder is chowned to it (LAB.md). */
+  /** QEMU (libvirt-qemu) must be able to create the socket: the folder is chowned to it (docs/lab.md). */
   static async prepare(vm: LabVm, checkpoint: string): Promise<BackupJob> {
     const dir = await mkdtemp('/var/tmp/vcptbench-nbd-');
     const job = new BackupJob(vm, dir);
     const [uid, gid] = await Promise.all([run('id', ['-u', 'libvirt-qemu']), run('id', ['-g', 'libvirt-qemu'])]);
     await chown(dir, Number(uid.trim()), Number(gid.trim()));
-    await writeFile(job.#xml, backupXml(checkpoint, job.socket, path.join(dir, 'sda.scratch.qcow2')));
+    const disks = [{ target: 'sda', scratch: path.join(dir, 'sda.scratch.qcow2') }];
+    await writeFile(job.#xml, backupXml({ incremental: checkpoint, socket: job.socket, disks, skip: [] }));
     return job;
   }
 

@@ -13,6 +13,7 @@ import { requireTools, run } from '../lab/tools.js';
 import type { ExportRecord } from '../../src/exports/export.js';
 import { nbdUri } from '../../src/exports/export.js';
 import { defaultRuntimeDirs, domainDirName, processStartTime } from '../../src/exports/runtime.js';
+import { backupXml } from '../../src/libvirt/backup.js';
 import { asUser } from '../lab/users.js';
 
 const MiB = 1024 * 1024;
@@ -110,9 +111,7 @@ describe('vircpt export and release', () => {
   it('never touches a backup job it did not start', async () => {
     const sock = path.join(tmp, 'foreign.sock');
     await execa('chown', ['libvirt-qemu', tmp]);
-    const xml = `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/>` +
-      `<disks><disk name='sda' backup='yes' type='file'><scratch file='${tmp}/foreign-sda.qcow2'/></disk>` +
-      "<disk name='vdb' backup='no'/></disks></domainbackup>";
+    const xml = backupXml({ socket: sock, disks: [{ target: 'sda', scratch: `${tmp}/foreign-sda.qcow2` }], skip: ['vdb'] });
     const file = path.join(tmp, 'foreign.xml');
     await import('node:fs/promises').then((fs) => fs.writeFile(file, xml));
     await virsh('backup-begin', vm.name, file);

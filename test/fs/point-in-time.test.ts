@@ -6,6 +6,7 @@ import { chown, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/pro
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { backupXml } from '../../src/libvirt/backup.js';
 import { Lab, virsh, type LabVm } from '../lab/lab.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { mountFs, type FsMount } from '../lab/mount.js';
@@ -105,8 +106,7 @@ describe('vircptfs point in time, foreign jobs, a VM that dies', () => {
     await chown(dir, Number(await run('id', ['-u', 'libvirt-qemu'])), 0);
     const sock = path.join(dir, 'foreign.sock');
     const xml = path.join(dir, 'backup.xml');
-    await writeFile(xml, `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks>` +
-      `<disk name='sda' backup='yes' type='file'><scratch file='${dir}/sda.scratch.qcow2'/></disk></disks></domainbackup>`);
+    await writeFile(xml, backupXml({ socket: sock, disks: [{ target: 'sda', scratch: `${dir}/sda.scratch.qcow2` }], skip: [] }));
     await virsh('backup-begin', vm.name, xml);
     try {
       await rejectsWith(open(disk()), 'EBUSY', 'open during a foreign job');

@@ -11,6 +11,7 @@ import { access, chown, constants, mkdir, open, readFile, readdir, rm, writeFile
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { execa } from 'execa';
+import { backupXml } from '../../src/libvirt/backup.js';
 import { LAB_URI, Lab, virsh, type LabVm } from '../lab/lab.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { requireTools } from '../lab/tools.js';
@@ -220,8 +221,7 @@ describe('vircptfs through install.sh, mount(8), fstab and umount', () => {
     await chown(foreignDir, Number(qemuUser.stdout), 0);
     const foreignSocket = path.join(foreignDir, 'foreign.sock');
     const xmlFile = path.join(foreignDir, 'backup.xml');
-    await writeFile(xmlFile, `<domainbackup mode='pull'><server transport='unix' socket='${foreignSocket}'/><disks>` +
-      `<disk name='sda' backup='yes' type='file'><scratch file='${foreignDir}/sda.scratch.qcow2'/></disk></disks></domainbackup>`);
+    await writeFile(xmlFile, backupXml({ socket: foreignSocket, disks: [{ target: 'sda', scratch: `${foreignDir}/sda.scratch.qcow2` }], skip: [] }));
     await virsh('backup-begin', other.name, xmlFile);
     t.after(async () => { if ((await jobSocket(other.name)) === foreignSocket) await virsh('domjobabort', other.name); });
 
