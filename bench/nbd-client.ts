@@ -12,10 +12,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { NbdClient, NbdPool, type NbdPoolOptions } from '../src/nbd/index.js';
-import { readAll } from '../src/nbd/read-all.js';
+import { readAll } from '../test/nbd/read-all.js';
 import { execFileP, makeQcow2, requireTool, startQemuNbd, type NbdServer } from '../test/nbd/servers.js';
 
-export { readAll } from '../src/nbd/read-all.js';
+export { readAll } from '../test/nbd/read-all.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

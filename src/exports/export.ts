@@ -3,6 +3,7 @@
 // (`vircpt info`, `map`, `copy`, `release`) and a later instance can find it.
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { formatNbdUri } from '../nbd/uri.js';
 
 export type ExportKind = 'backup' | 'qemu-nbd';
 
@@ -58,5 +59,5 @@ export async function readRecord(domainDir: string): Promise<ExportRecord | unde
 
 /** The NBD URI of one disk of an export, as libnbd tools take it. */
 export function nbdUri(d: Pick<DiskExport, 'socket' | 'exportName'>): string {
-  return `nbd+unix:///${encodeURIComponent(d.exportName)}?socket=${d.socket}`;
+  return formatNbdUri({ exportName: d.exportName, socketPath: d.socket });
 }

@@ -1,16 +1,18 @@
 // Option haggling (proto.md "Fixed newstyle negotiation"): STRUCTURED_REPLY, then
-// SET_META_CONTEXT with the asked contexts, then GO asking INFO_BLOCK_SIZE. Also the two
-// listing options, each on a connection of its own that ends with NBD_OPT_ABORT.
+// SET_META_CONTEXT with the asked contexts, then GO asking INFO_BLOCK_SIZE. (The listing
+// options, which only tests use, are in test/nbd/listing.ts on top of checked and
+// structuredReplies.)
 
 import { VircptError } from '../errors.js';
 import {
-  NBD_DEFAULT_MAX_PAYLOAD, NBD_INFO_BLOCK_SIZE, NBD_OPT_GO, NBD_OPT_LIST,
-  NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK,
-  NBD_REP_INFO, NBD_REP_META_CONTEXT, NBD_REP_SERVER,
+  NBD_DEFAULT_MAX_PAYLOAD, NBD_INFO_BLOCK_SIZE, NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_INFO, NBD_REP_META_CONTEXT,
 } from './constants.js';
-import { decodeInfo, decodeMetaContext, decodeServer, encodeGoData, encodeMetaContextData } from './codec.js';
-import { NbdConnection, type ConnectionOptions, type OptionResult } from './connection.js';
+import { decodeInfo, decodeMetaContext, encodeGoData, encodeMetaContextData } from './codec.js';
+import type { NbdConnection, OptionResult } from './connection.js';
 import { NbdMetaContextError, NbdOptionError, protocolError } from './errors.js';
+
+export interface ExportEntry { name: string; description: string }
 
 export interface BlockSize { minimum: number; preferred: number; maximum: number }
 
@@ -25,14 +27,14 @@ export interface ExportInfo {
 /** proto.md "Size constraints": what holds when the server advertises nothing. */
 const DEFAULT_BLOCK_SIZE: BlockSize = { minimum: 1, preferred: 4096, maximum: NBD_DEFAULT_MAX_PAYLOAD };
 
-function checked(result: OptionResult, option: number, what: string): OptionResult {
+export function checked(result: OptionResult, option: number, what: string): OptionResult {
   if (result.final.reply !== NBD_REP_ACK) {
     throw new NbdOptionError(option, result.final.reply, result.final.data.toString('utf8'), what);
   }
   return result;
 }
 
-async function structuredReplies(conn: NbdConnection): Promise<void> {
+export async function structuredReplies(conn: NbdConnection): Promise<void> {
   const result = await conn.option(NBD_OPT_STRUCTURED_REPLY);
   if (result.final.reply !== NBD_REP_ACK) {
     const cause = new NbdOptionError(NBD_OPT_STRUCTURED_REPLY, result.final.reply, result.final.data.toString('utf8'), 'structured replies');
@@ -86,41 +88,4 @@ export async function negotiate(conn: NbdConnection, exportName: string, metaCon
   const info = await go(conn, exportName);
   conn.enterTransmission(contexts.values());
   return { ...info, contexts };
-}
-
-async function withOptionPhase<T>(options: ConnectionOptions, run: (conn: NbdConnection) => Promise<T>): Promise<T> {
-  const conn = await NbdConnection.open(options);
-  try {
-    return await run(conn);
-  } finally {
-    await conn.close();
-  }
-}
-
-export interface ExportEntry { name: string; description: string }
-
-/** NBD_OPT_LIST: the server's exports. */
-export function listExports(options: ConnectionOptions): Promise<ExportEntry[]> {
-  return withOptionPhase(options, async (conn) => {
-    const result = checked(await conn.option(NBD_OPT_LIST), NBD_OPT_LIST, 'listing exports');
-    return result.replies.map(({ reply, data }) => {
-      const entry = reply === NBD_REP_SERVER ? decodeServer(data) : undefined;
-      if (entry === undefined) throw protocolError(`bad reply ${reply} to NBD_OPT_LIST`);
-      return entry;
-    });
-  });
-}
-
-/** NBD_OPT_LIST_META_CONTEXT: context names matching the queries (all of them with none). */
-export function listMetaContexts(options: ConnectionOptions, exportName: string, queries: readonly string[] = []): Promise<string[]> {
-  return withOptionPhase(options, async (conn) => {
-    await structuredReplies(conn); // proto.md: SHOULD NOT be requested before structured replies
-    const result = checked(await conn.option(NBD_OPT_LIST_META_CONTEXT, encodeMetaContextData(exportName, queries)),
-      NBD_OPT_LIST_META_CONTEXT, `listing meta contexts of '${exportName}'`);
-    return result.replies.map(({ reply, data }) => {
-      const context = reply === NBD_REP_META_CONTEXT ? decodeMetaContext(data) : undefined;
-      if (context === undefined) throw protocolError(`bad reply ${reply} to NBD_OPT_LIST_META_CONTEXT`);
-      return context.name;
-    });
-  });
 }

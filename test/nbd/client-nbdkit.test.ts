@@ -6,7 +6,8 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { isVircptError } from '../../src/errors.js';
-import { NbdClient, listExports, mergeExtents, type Extent, type NbdClientOptions } from '../../src/nbd/index.js';
+import { NbdClient, mergeExtents, type Extent, type NbdClientOptions } from '../../src/nbd/index.js';
+import { listExports } from './listing.js';
 import { makeTempDir, nbdcopyTo, nbdinfoMap, startNbdkit, type NbdServer, type NbdkitOptions } from './servers.js';
 
 const MiB = 1024 * 1024;

@@ -7,9 +7,10 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isVircptError } from '../../src/errors.js';
 import {
-  NbdClient, NbdMetaContextError, NbdOptionError, NbdPool, listExports, listMetaContexts, mergeExtents,
-  parseNbdUri, readAll, type Extent,
+  NbdClient, NbdMetaContextError, NbdOptionError, NbdPool, mergeExtents, parseNbdUri, type Extent,
 } from '../../src/nbd/index.js';
+import { listExports, listMetaContexts } from './listing.js';
+import { readAll } from './read-all.js';
 import { NBD_REP_ERR_UNKNOWN } from '../../src/nbd/constants.js';
 import {
   execFileP, makeQcow2, makeTempDir, nbdcopyTo, nbdinfoMap, startQemuNbd, type NbdServer, type TempDir,

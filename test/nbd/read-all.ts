@@ -2,9 +2,9 @@
 // as zeros (NBD_STATE_ZERO; a HOLE without ZERO is still read), and keep a window of
 // request-size reads in flight, each into a buffer from a small reused set.
 
-import { VircptError } from '../errors.js';
-import { NBD_STATE_ZERO } from './constants.js';
-import type { Extent } from './extents.js';
+import { VircptError } from '../../src/errors.js';
+import { NBD_STATE_ZERO } from '../../src/nbd/constants.js';
+import type { Extent } from '../../src/nbd/extents.js';
 
 /** What readAll needs: an NbdClient or an NbdPool. */
 export interface ReadableExport {
