@@ -26,7 +26,7 @@ describe('vircpt map, info and copy', () => {
     await requireTools('nbdinfo', 'nbdcopy');
     tmp = await mkdtemp('/var/tmp/vircptfs-test-');
     // vdb ends 512 bytes past a page: copy writes its tail through the page cache, the rest
-    // with O_DIRECT (src/exports/copy.ts), and both must land.
+    // with O_DIRECT (src/copy/sparse-copy.ts), and both must land.
     vm = await lab.vm({ disks: [{ target: 'sda', bus: 'sata', size: 96 * MiB }, { target: 'vdb', size: 32 * MiB + 512 }] });
     await vm.write('sda', 0, 8 * MiB, 0x22);
     await vm.write('vdb', 4 * MiB, 4 * MiB, 0x33);

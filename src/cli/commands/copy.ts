@@ -2,7 +2,7 @@
 import { mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { VircptError } from '../../errors.js';
-import { copyDisk } from '../../exports/copy.js';
+import { copyDisk } from '../../copy/sparse-copy.js';
 import type { Ctx } from '../context.js';
 import { withExport } from '../use-export.js';
 

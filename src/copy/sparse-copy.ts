@@ -15,7 +15,7 @@
 import { setMaxListeners } from 'node:events';
 import { constants } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
-import type { NbdDisk } from './nbd-disk.js';
+import type { NbdDisk } from '../exports/nbd-disk.js';
 
 const MiB = 1024 * 1024;
 /** Buffers one pwritev() takes at most (Linux's UIO_MAXIOV). */
