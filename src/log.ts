@@ -1,4 +1,4 @@
-// Logging: pino, one child logger per component (STYLE.md). Constructed in bin/, passed down.
+// Logging: pino, one child logger per component. Constructed in bin/, passed down.
 import { spawn } from 'node:child_process';
 import { pino, type Logger } from 'pino';
 
@@ -36,7 +36,7 @@ export function formatFields(o: Record<string, unknown>): string {
   const msg = typeof o.msg === 'string' ? o.msg : '';
   let out = '';
   for (const [k, v] of Object.entries(o)) {
-    // c: the component of a child logger (STYLE.md); the JSON format keeps it, a human line need not.
+    // c: the component of a child logger; the JSON format keeps it, a human line need not.
     if (k === 'level' || k === 'time' || k === 'msg' || k === 'c' || v === undefined) continue;
     if (typeof v === 'string' && v !== '' && msg.includes(v)) continue;
     out += ` ${k}=${fieldValue(v)}`;

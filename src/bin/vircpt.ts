@@ -2,6 +2,7 @@
 // vircpt: the only place that reads argv, handles signals and exits.
 import { readFileSync } from 'node:fs';
 import v8 from 'node:v8';
+import { EXIT_INTERRUPTED } from '../cli/exit.js';
 import { runVircpt } from '../cli/vircpt.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
 import { createLogger } from '../log.js';
@@ -19,7 +20,7 @@ let interrupted = 0;
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.on(sig, () => {
     // First signal: cancel and let the command release what it started; second: leave now.
-    if (++interrupted > 1) process.exit(130);
+    if (++interrupted > 1) process.exit(EXIT_INTERRUPTED);
     controller.abort(new Error(`interrupted by ${sig}`));
   });
 }

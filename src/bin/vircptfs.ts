@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_DAEMON_LOG, hasSyslog, isDaemonChild, startDaemon, tellParent } from '../cli/daemon.js';
+import { EXIT_FAILED, EXIT_OK } from '../cli/exit.js';
 import { mountOrExit, parseOrExit, type FsDeps } from '../cli/vircptfs.js';
 import { messageOf } from '../errors.js';
 import type { FsOptions } from '../fs/options.js';
@@ -44,7 +45,7 @@ if (typeof parsed === 'number') {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(sig, () => {
       log.info(`${sig}: unmounting ${fs.mountpoint}`);
-      void fs.stop().finally(() => process.exit(0));
+      void fs.stop().finally(() => process.exit(EXIT_OK));
     });
   }
   if (daemon) {
@@ -53,11 +54,11 @@ if (typeof parsed === 'number') {
       await readdir(fs.mountpoint);
       await tellParent({ ready: true });
     } catch (err) {
-      await tellParent({ error: `the mount at ${fs.mountpoint} does not list: ${messageOf(err)}`, code: 1 });
+      await tellParent({ error: `the mount at ${fs.mountpoint} does not list: ${messageOf(err)}`, code: EXIT_FAILED });
       await fs.stop();
-      process.exit(1);
+      process.exit(EXIT_FAILED);
     }
   }
   await fs.done;
-  process.exit(0);
+  process.exit(EXIT_OK);
 }

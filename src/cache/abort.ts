@@ -1,4 +1,4 @@
-// Waiting with a caller's signal on work that others share (STYLE.md habit 4): the caller
+// Waiting with a caller's signal on work that others share (docs/read-path.md, "Cancelling"): the caller
 // stops waiting at once, the shared work goes on for the others.
 import { VircptError } from '../errors.js';
 

@@ -41,7 +41,7 @@ async function readPieces(opts: FetchOptions, offset: number, into: Buffer): Pro
   const { source, maxRequest, stats } = opts;
   const pieces: Promise<void>[] = [];
   let filled = offset; // everything before this is read or zero-filled
-  // No signal: this read is shared by every reader of the block (STYLE.md habit 4); the
+  // No signal: this read is shared by every reader of the block (docs/read-path.md); the
   // source enforces its own deadline.
   for (const [start, end] of dataRanges(opts.zeros, offset, offset + into.length)) {
     into.fill(0, filled - offset, start - offset);

@@ -3,7 +3,7 @@
 // standard streams closed; it tells the waiting parent how it went over an IPC channel.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { EXIT_FAILED } from './vircpt.js';
+import { EXIT_FAILED } from './exit.js';
 
 export const DAEMON_ENV = 'VIRCPTFS_DAEMON';
 const READY_TIMEOUT_MS = 120_000;

@@ -4,18 +4,12 @@ import { VircptError, messageOf } from '../errors.js';
 import { DEFAULT_SCRATCH_RESERVE, formatReserve, type ScratchReserve } from '../exports/scratch-guard.js';
 import { parseReserve } from '../fs/options.js';
 import { makeCtx, type Deps, type GlobalOptions } from './context.js';
+import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
 
 // Each command's module is loaded when it runs: a process runs one, and `--help` none.
 const checkpoints = () => import('./commands/checkpoints.js');
 const exporting = () => import('./commands/export.js');
 
-export const EXIT_OK = 0;
-export const EXIT_FAILED = 1;
-export const EXIT_USAGE = 2;
-
-export function defaultUri(): string {
-  return process.getuid?.() === 0 ? 'qemu:///system' : 'qemu:///session';
-}
 
 function collect(value: string, previous: string[] = []): string[] {
   for (const v of value.split(',')) {

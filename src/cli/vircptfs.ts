@@ -5,7 +5,8 @@ import { DEFAULT_SCRATCH_RESERVE, formatReserve, GUARD_POLL_MS } from '../export
 import { startFilesystem, type RunningFs } from '../fs/mount.js';
 import { DEFAULTS, parseFsArgs, sourceUri, type FsOptions } from '../fs/options.js';
 import type { Logger } from '../log.js';
-import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './vircpt.js';
+import { DEFAULT_DAEMON_LOG } from './daemon.js';
+import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
 
 export const FS_USAGE = `Usage: vircptfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT
 
@@ -31,7 +32,8 @@ Options (-o, comma-separated, repeatable):
   readahead=KB         kernel read-ahead of the mount (default ${DEFAULTS.readaheadKb})
   direct_io            disk files bypass the page cache: faster single passes (cp, rsync,
                        dd), no warm re-reads from the page cache, no shared mmap
-  log=FILE             log to FILE (daemon mode logs there; default: syslog is not used, see README)
+  log=FILE             log to FILE; default: standard error with -f or -d, else syslog when
+                       /dev/log exists (journalctl -t vircptfs), else ${DEFAULT_DAEMON_LOG}
   allow_other          let other users reach the mount; what they may read, uid/gid/umask say
                        (default: only the mounting user)
   uid=USER, gid=GROUP  owner and group of every file and directory, a name or a number
