@@ -1,5 +1,5 @@
-// Waiting with a caller's signal on work that others share (docs/read-path.md, "Cancelling"): the caller
-// stops waiting at once, the shared work goes on for the others.
+// Waiting with a caller's signal on work that others share (docs/read-path.md, "Cancelling"):
+// the caller stops waiting at once, the shared work goes on for the others.
 import { VircptError } from '../errors.js';
 
 /** The error a reader gets when its signal fires: TIMEOUT for AbortSignal.timeout(), else ABORTED. */
