@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh Debian 12 machine: installs what it needs, then runs it.
-# Two files run at once; the files under test/serial/ (they restart libvirtd or fill a
-# filesystem, which would disturb any other test running beside them) run afterwards, alone.
+# The whole test suite, from a fresh Debian 12 machine: installs what it needs, then runs it:
+# the fast tier (npm run test:unit) first, then the rest. Two files run at once; the files under
+# test/serial/ (they restart libvirtd or fill a filesystem, which would disturb any other test
+# running beside them) run afterwards, alone.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 bash scripts/setup.sh
 # Node 20's runner takes no globs: list the test files (lab helpers under dist/test are not tests).
-mapfile -t files < <(find dist/test -name '*.test.js' -not -path 'dist/test/serial/*' | sort)
-mapfile -t serial < <(find dist/test/serial -name '*.test.js' 2>/dev/null | sort)
-[ ${#files[@]} -gt 0 ] || { echo "test.sh: no test files under dist/test" >&2; exit 1; }
+# First the fast tier (*.unit.test.js: no root, no libvirt, seconds), then the rest: each file once.
+mapfile -t unit < <(find dist/test -name '*.unit.test.js' | sort)
+mapfile -t files < <(find dist/test -name '*.test.js' -not -name '*.unit.test.js' -not -path 'dist/test/serial/*' | sort)
+mapfile -t serial < <(find dist/test/serial -name '*.test.js' -not -name '*.unit.test.js' 2>/dev/null | sort)
+[ ${#unit[@]} -gt 0 ] && [ ${#files[@]} -gt 0 ] || { echo "test.sh: no test files under dist/test" >&2; exit 1; }
 status=0
+node --test --test-concurrency=2 --test-timeout=120000 --test-reporter=spec "${unit[@]}" || status=$?
 node --test --test-concurrency=2 --test-timeout=600000 --test-reporter=spec "${files[@]}" || status=$?
 if [ ${#serial[@]} -gt 0 ]; then
   node --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec "${serial[@]}" || status=$?
