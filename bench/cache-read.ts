@@ -19,7 +19,7 @@ import { makeTempDir, startQemuNbd } from '../test/nbd/servers.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-const PIECE = 128 * 1024; // libfuse 2's read size (FUSE.md); libfuse 3 reads up to 1 MiB
+const PIECE = 128 * 1024; // libfuse 2's read size (it could not raise max_read); libfuse 3 reads up to 1 MiB
 const env = process.env;
 const RUNS = Number(env.BENCH_RUNS ?? 3);
 const PASSES = Number(env.BENCH_PASSES ?? 4);

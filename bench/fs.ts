@@ -96,9 +96,8 @@ function record(samples: Samples, s: Subject, test: TestName, x: Sample): void {
 /**
  * Cold runs in rounds. The last subject (QEMU's FUSE export, 20-30 s a run) runs last in each
  * round, and the others take turns at going first, so that each of them follows it equally often
- * over an even number of rounds: on this project's machines a run right after it was ~1.5 x slower
- * for vircptfs and nbdfuse alike (dd 9.1 against 7.2 s, cat 5.8-5.9 against 3.9 s, nbdfuse cat
- * 8.2 against 4.8-7.0 s), and with a plain rotation vircptfs followed it in two rounds of three,
+ * over an even number of rounds: a run right after it was slower for vircptfs and nbdfuse alike
+ * (docs/benchmarks.md), and with a plain rotation vircptfs followed it in two rounds of three,
  * nbdfuse in one.
  */
 function roundOrder<T>(subjects: readonly T[], round: number): T[] {

@@ -3,7 +3,8 @@
 // (src/fs/mount.ts) and per-open keepCache false: no block cache, no NBD, only the binding.
 // Run by fork(): `node fuse-floor-fs.js MOUNTPOINT [LIBFUSE-OPTION...]`; over IPC it says
 // { ready } once mounted, answers 'count' with { reads, bytes, handles } and unmounts on 'stop', on
-// SIGINT/SIGTERM or when the bench goes away. `handles`: its libuv handles (FUSE.md: the leak).
+// SIGINT/SIGTERM or when the bench goes away. `handles`: its libuv handles (the old libfuse 2
+// binding leaked one per libfuse worker thread; this watches that none grow).
 import { constants as C } from 'node:fs';
 import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';

@@ -99,7 +99,7 @@ async function startBinding(v: Variant, mnt: string): Promise<Served> {
   return { name: v.name, variant: v, file: path.join(mnt, FILE_NAME), pid: child.pid!, mainTid: child.pid!, stop, count };
 }
 
-/** nbdkit pattern (each 8-byte word holds its offset, big-endian) + nbdfuse, as LAB.md runs it. */
+/** nbdkit pattern (each 8-byte word holds its offset, big-endian) + nbdfuse, the C reference (docs/lab.md). */
 async function startNbdfuse(v: Variant, mnt: string): Promise<Served> {
   await mkdir(mnt, { mode: 0o755 });
   const sock = `${mnt}.sock`;

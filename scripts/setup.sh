@@ -9,7 +9,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (libvirt qemu:///system, FUSE and loop devices need it)" >&2; exit 2; }
 
-# Debian packages (LAB.md). Checked one by one: a machine that has some of them hides a missing one.
+# Debian packages (docs/lab.md). Checked one by one: a machine that has some of them hides a missing one.
 pkgs=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
       libnbd-bin nbdkit fuse3 libfuse3-dev pkg-config e2fsprogs fdisk clamav
       rsync jq util-linux procps psmisc python3 make g++ time)
@@ -44,7 +44,7 @@ fi
 log "building"
 npm run -s build
 
-# /dev/kvm: Debian's usual owner and mode, so libvirt does not re-probe QEMU on every define (LAB.md).
+# /dev/kvm: Debian's usual owner and mode, so libvirt does not re-probe QEMU on every define (docs/lab.md).
 if [ -e /dev/kvm ]; then
   getent group kvm >/dev/null && chgrp kvm /dev/kvm && chmod 660 /dev/kvm || true
 fi

@@ -1,6 +1,6 @@
 // Running a program to completion with node:child_process: a deadline, a cancel signal, its
-// output kept. What the product needs of execa in its hot path, without execa's ~150 ms of
-// module loading in every short-lived `vircpt` process.
+// output kept. What the product needs of execa in its hot path, without execa's module loading
+// in every short-lived `vircpt` process (docs/benchmarks.md, "Start-up of vircpt").
 import { spawn } from 'node:child_process';
 
 export interface RunOptions {

@@ -7,9 +7,9 @@ import { runVircpt } from '../cli/vircpt.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
 import { createLogger } from '../log.js';
 
-// A vircpt process lives seconds: V8's optimizing compiler spent ~0.3-0.5 s of CPU in a 3 s
-// `vircpt copy` (89 functions), and its code ran the copy no faster (same user CPU per GiB over
-// 6 GiB). Baseline code it is; the long-lived vircptfs daemon keeps the optimizer.
+// A vircpt process lives seconds: V8's optimizing compiler cost it CPU and its code ran the copy
+// no faster (docs/benchmarks.md, "Start-up of vircpt"). Baseline code it is; the long-lived
+// vircptfs daemon keeps the optimizer.
 v8.setFlagsFromString('--no-opt');
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -1,4 +1,4 @@
-// The block cache between FUSE reads and the NBD client (DESIGN.md): aligned blocks in an LRU
+// The block cache between FUSE reads and the NBD client (docs/read-path.md): aligned blocks in an LRU
 // bounded in bytes, shared in-flight fetches, evicted blocks' buffers recycled for new fetches
 // (buffer-pool.ts), zero extents served without a read, and per-open-file Readers that read
 // ahead on sequential access.

@@ -1,6 +1,6 @@
-// Buffers of evicted blocks, reused by new fetches. A fresh 1 MiB Buffer per fetched block cost
-// about 30% of the CPU of a cold sequential read (allocation, page faults, GC); with recycling
-// the cache's memory mostly stays the same pages.
+// Buffers of evicted blocks, reused by new fetches. A fresh 1 MiB Buffer per fetched block costs
+// a cold sequential read much of its CPU (allocation, page faults, GC; docs/benchmarks.md); with
+// recycling the cache's memory mostly stays the same pages.
 //
 // Why reuse is safe. A buffer comes back here only through lru-cache's dispose, that is only
 // from a block that was stored in the cache and then evicted, deleted (invalidate) or cleared.
@@ -19,7 +19,7 @@
 //    buffer reusable at once: it is quarantined until a setImmediate callback, which runs only
 //    after the microtask queue of the macrotask that disposed it has drained, and with it
 //    every such copy. No reader can get the Block later: once disposed, it is not in the cache.
-//    (test/cache/recycling.test.ts fails without the quarantine, or with copies after
+//    (test/cache/recycling.unit.test.ts fails without the quarantine, or with copies after
 //    Promise.all of all pieces, or with copies after an abort.)
 //  - Readers that gave up (abort) or failed: they copy nothing once read() has settled.
 // Only buffers of exactly `size` bytes with an ArrayBuffer of their own are kept (the short last

@@ -1,6 +1,6 @@
 // How map and copy reach a domain's data: through an export of ours that already runs (a
 // vircptfs mount's, or `vircpt export`'s; it stays running), or through one of their own,
-// released when they finish, also on Ctrl-C (DESIGN.md "Ownership of exports").
+// released when they finish, also on Ctrl-C (docs/exports.md "When the owner is gone").
 import path from 'node:path';
 import { VircptError } from '../errors.js';
 import { ActiveExport } from '../exports/active-export.js';

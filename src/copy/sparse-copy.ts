@@ -7,11 +7,8 @@
 // (libnbd copy/file-ops.c, evict_writes: sync_file_range + POSIX_FADV_DONTNEED), which Node
 // cannot call. Filling the page cache with a disk's worth of fresh dirty pages is the slow part
 // where memory is cheap to reserve but dear to touch: on a VM whose balloon reports free pages to
-// the host (virtio-balloon free page reporting, as on this project's machines) every new page
-// costs a host fault. Measured: 1.5 GiB written by dd to the page cache took 0.4 s right after
-// the pages were freed and 4.5-5.5 s once they had been reported (93% in copy_folio_from_iter),
-// and 58% of a slow `vircpt copy` was that copy into new pages; the time depended on how long
-// the memory had been free, hence copies of 2.2-3.3 s where nbdcopy stayed steady.
+// the host (virtio-balloon free page reporting) every new page costs a host fault, and how much
+// depends on how long the memory had been free (figures: docs/benchmarks.md).
 import { setMaxListeners } from 'node:events';
 import { constants } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
@@ -97,7 +94,7 @@ export function dataChunks(size: number, zeros: readonly { offset: number; lengt
 
 /**
  * Positional writes to one file, few at a time. Concurrent buffered pwrite()s on one inode only
- * contend for its lock (the kernel spins on it: measured, ~15% of a copy's CPU): one at a time;
+ * contend for its lock (the kernel spins on it; docs/benchmarks.md): one at a time;
  * writes queued meanwhile leave together, runs of adjacent ones as one pwritev(). A run that is
  * aligned all through goes to `direct` (the file opened again with O_DIRECT) when there is one,
  * the rest (a disk's odd tail, a short write's remainder) through the page cache. The two stay

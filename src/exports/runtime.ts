@@ -1,4 +1,4 @@
-// Ownership of exports (DESIGN.md): every socket, pid file and scratch file lives under a
+// Ownership of exports (docs/exports.md): every socket, pid file and scratch file lives under a
 // directory named for this tool, the running instance and the domain:
 //   <runDir>/<instance>/<domain>/            sockets, qemu-nbd pid files, export.json
 //   <scratchRoot>/<instance>/<domain>/       backup scratch images

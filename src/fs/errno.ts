@@ -1,6 +1,6 @@
 // The one place that knows errno numbers: typed errors from every layer become errno here, at
 // the FUSE edge. One table, one row per error code, each with what the reader should make of it;
-// docs/errors.md is the same table for users (test/fs/errno.test.ts keeps the two in step).
+// docs/errors.md is the same table for users (test/fs/errno.unit.test.ts keeps the two in step).
 // Anything that is not one of our errors is EIO (as nbdfuse does).
 import { VircptError, type ErrorCode } from '../errors.js';
 

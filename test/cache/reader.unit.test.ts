@@ -7,7 +7,7 @@ import { isVircptError } from '../../src/errors.js';
 import { FaultySource, until } from './file-source.js';
 import { expected, KiB, MiB, readAt, rng, setup, type Setup } from './helpers.js';
 
-const PIECE = 128 * KiB; // libfuse 2's read size (FUSE.md)
+const PIECE = 128 * KiB; // libfuse 2's read size (it could not raise max_read)
 
 /**
  * Reads [from, to) in PIECE reads, two in flight (the second issued first when `swap`);

@@ -1,5 +1,5 @@
 // Disk images for lab VMs: empty qcow2, raw, or a realistic guest disk (GPT, one ext4 partition
-// at sector 2048 holding given files) made without a guest (LAB.md).
+// at sector 2048 holding given files) made without a guest (docs/lab.md).
 import { mkdir, mkdtemp, rm, writeFile, chmod } from 'node:fs/promises';
 import path from 'node:path';
 import { requireTools, run } from './tools.js';

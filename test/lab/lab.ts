@@ -53,7 +53,7 @@ export class LabVm {
     return d;
   }
 
-  /** QEMU's qdev id of a disk, for qemu-io (LAB.md). */
+  /** QEMU's qdev id of a disk, for qemu-io (docs/lab.md). */
   qdev(target: string): string {
     const d = this.disk(target);
     if (d.bus === 'sata') return `sata0-0-${this.disks.filter((x) => x.bus === 'sata').indexOf(d)}`;
