@@ -1,8 +1,18 @@
-// Logging: pino, one child logger per component. Constructed in bin/, passed down.
+// Logging: pino, one child logger per component. Constructed in bin/, passed down. pino is
+// loaded on first use (it costs a short-lived `vircpt` tens of milliseconds of start-up, and a
+// vircpt that logs nothing at its level never needs it: lazyLogger).
 import { spawn } from 'node:child_process';
-import { pino, type Logger } from 'pino';
+import { createRequire } from 'node:module';
+import type { Logger } from 'pino';
 
 export type { Logger };
+
+type Pino = typeof import('pino').pino;
+let loaded: Pino | undefined;
+/** pino itself, loaded (synchronously: it is CommonJS) the first time a logger is made. */
+function pinoModule(): Pino {
+  return (loaded ??= (createRequire(import.meta.url)('pino') as { pino: Pino }).pino);
+}
 
 export interface LogOptions {
   level?: 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -61,6 +71,7 @@ export function textDestination(write: (line: string) => void, prefix: string, w
 
 /** A human-readable line logger: `time level component: message key=value`. */
 export function createLogger(opts: LogOptions = {}): Logger {
+  const pino = pinoModule();
   const raw = opts.syslogTag
     ? syslogDestination(opts.syslogTag, opts.syslogProgram ?? 'logger', opts.fallbackFile)
     : opts.file
@@ -86,6 +97,7 @@ export function createLogger(opts: LogOptions = {}): Logger {
  * logger read but had not sent when it died are lost: at most a pipe's worth.)
  */
 function syslogDestination(tag: string, program: string, fallbackFile: string | undefined): { write(line: string): void } {
+  const pino = pinoModule();
   const child = spawn(program, ['--id', '-t', tag], { stdio: ['pipe', 'ignore', 'ignore'] });
   let fallback: { write(line: string): void } | undefined;
   const fallBack = (why: string) => {
@@ -113,5 +125,32 @@ function syslogDestination(tag: string, program: string, fallbackFile: string | 
 
 /** A logger that writes nothing (library defaults, tests). */
 export function silentLogger(): Logger {
-  return pino({ level: 'silent' });
+  return pinoModule()({ level: 'silent' });
+}
+
+const LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+type Level = (typeof LEVELS)[number];
+
+/**
+ * createLogger(opts) made on the first record at or above opts.level (or never): records below
+ * the level cost nothing, and neither does pino's loading. Its children are lazy the same way.
+ * Only what the program calls is there: debug, info, warn, error and child.
+ */
+export function lazyLogger(opts: LogOptions): Logger {
+  let real: Logger | undefined;
+  const make = () => (real ??= createLogger(opts));
+  const min = opts.level === 'silent' ? LEVELS.length : LEVELS.indexOf(opts.level ?? 'info');
+  const lazy = (get: () => Logger): Logger => {
+    const out: Record<string, unknown> = {
+      child: (bindings: Record<string, unknown>) => {
+        let child: Logger | undefined;
+        return lazy(() => (child ??= get().child(bindings)));
+      },
+    };
+    for (const [i, level] of LEVELS.entries()) {
+      out[level] = i < min ? () => undefined : (...args: unknown[]) => (get()[level as Level] as (...a: unknown[]) => void)(...args);
+    }
+    return out as unknown as Logger;
+  };
+  return lazy(make);
 }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createLogger, formatFields, textDestination } from '../src/log.js';
+import { createLogger, formatFields, lazyLogger, textDestination } from '../src/log.js';
 
 describe('text log lines', () => {
   it('appends fields as key=value: arrays joined by spaces, quoted when they hold spaces', () => {
@@ -26,6 +26,26 @@ describe('text log lines', () => {
     dest.write(`${JSON.stringify({ level: 'debug', time: '2026-01-01T00:00:00Z', msg: 'virsh', args: ['list'], ms: 7 })}\n`);
     dest.write(`${JSON.stringify({ level: 'warn', msg: 'careful' })}\n`);
     assert.deepEqual(lines, ['vircpt: debug: virsh args=list ms=7\n', 'vircpt: warning: careful\n']);
+  });
+});
+
+describe('lazyLogger (vircpt: pino loaded only for a record at its level)', () => {
+  it('drops records below its level, writes the others, children with their fields', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'vircptfs-lazylog-'));
+    try {
+      const file = path.join(dir, 'log');
+      const log = lazyLogger({ level: 'warn', prefix: 'vircpt', file });
+      const child = log.child({ c: 'virsh' });
+      child.info('hidden');
+      log.debug('hidden');
+      assert.equal(await readFile(file, 'utf8').catch(() => 'no file'), 'no file', 'nothing made below the level');
+      child.warn({ domain: 'vm1', extra: 1 }, 'careful');
+      log.error('broken');
+      const lines = (await readFile(file, 'utf8')).split('\n').filter(Boolean).map((l) => l.replace(/^\S+ /, ''));
+      assert.deepEqual(lines, ['vircpt: warning: careful domain=vm1 extra=1', 'vircpt: error: broken']);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -5,7 +5,7 @@ import v8 from 'node:v8';
 import { EXIT_INTERRUPTED } from '../cli/exit.js';
 import { runVircpt } from '../cli/vircpt.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
-import { createLogger } from '../log.js';
+import { lazyLogger } from '../log.js';
 
 // A vircpt process lives seconds: V8's optimizing compiler cost it CPU and its code ran the copy
 // no faster (docs/benchmarks.md, "Start-up of vircpt"). Baseline code it is; the long-lived
@@ -27,7 +27,7 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 const code = await runVircpt(argv, {
   version: pkg.version,
-  log: createLogger({ level: verbose ? 'debug' : 'warn', prefix: 'vircpt' }),
+  log: lazyLogger({ level: verbose ? 'debug' : 'warn', prefix: 'vircpt' }),
   dirs: defaultRuntimeDirs(),
   stdout: (s) => process.stdout.write(s),
   stderr: (s) => process.stderr.write(s),
