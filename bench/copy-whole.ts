@@ -40,6 +40,7 @@ async function main(): Promise<void> {
   await requireTools('nbdcopy', 'qemu-img', 'virsh');
   const work = await mkdtemp('/var/tmp/vircptfs-bench-whole-');
   const lab = new Lab('benchwhole');
+  let jobDir = '';
   try {
     const fsInfo = await statfs(work);
     if (fsInfo.bavail * fsInfo.bsize < 8 * GiB) throw new Error(`${work}: needs about 8 GiB free`);
@@ -48,9 +49,9 @@ async function main(): Promise<void> {
     const vm = await lab.vm({ disks: [{ target: 'vda', size: DISK_SIZE, image }] });
     await rm(image);
     await virsh('checkpoint-create-as', vm.name, 'c0');
-    // By hand: a folder QEMU (libvirt-qemu) may create the socket and scratch image in.
-    const jobDir = path.join(work, 'job');
-    await execa('mkdir', ['-m', '0700', jobDir]);
+    // By hand: a folder of QEMU's (libvirt-qemu) for the socket and the scratch image, outside
+    // the bench's own 0700 folder, which QEMU cannot enter.
+    jobDir = await mkdtemp('/var/tmp/vircptfs-bench-job-');
     await chown(jobDir, Number(await run('id', ['-u', 'libvirt-qemu'])), 0);
     const socket = path.join(jobDir, 'nbd.sock');
     const xml = path.join(work, 'backup.xml');
@@ -100,6 +101,7 @@ async function main(): Promise<void> {
   } finally {
     await lab.cleanup(); // destroys the VM, which ends any job left
     await rm(work, { recursive: true, force: true });
+    if (jobDir) await rm(jobDir, { recursive: true, force: true });
   }
 }
 
