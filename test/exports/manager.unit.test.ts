@@ -1,162 +1,240 @@
-// The export manager (src/exports/manager.ts) on a fake libvirt (fake-libvirt.ts): one shared
-// start for concurrent opens, reference counts, the idle release and its re-check, failed starts
-// forgotten, a new start waiting for the stop of the export before it, and close(). Timers are
-// node:test's mock timers, so "idle seconds" pass when the test says so; file system work (the
-// instance's folders, export.json) is real, in a temporary folder.
+// The export manager (src/exports/manager.ts) without libvirt: the start and stop of an export
+// are injected (fakes of exports, named so), liveness checks and starts and stops can be held
+// open by the test, and the idle timer is node:test's mock clock, so each interleaving is
+// produced exactly, not by timing. Shared starts, reference counts, the idle release and its
+// re-check, failed starts, stop chaining, dead exports, close(), and the acquire/idle race.
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { performance } from 'node:perf_hooks';
-import { test, type TestContext } from 'node:test';
-import { isVircptError } from '../../src/errors.js';
+import { describe, it, type TestContext } from 'node:test';
+import { isVircptError, VircptError } from '../../src/errors.js';
+import { ActiveExport } from '../../src/exports/active-export.js';
+import type { ExportRecord } from '../../src/exports/export.js';
 import { ExportManager } from '../../src/exports/manager.js';
 import { Instance } from '../../src/exports/runtime.js';
-import { createLogger } from '../../src/log.js';
-import { CHECKPOINT, DOMAIN, FakeLibvirt, Gate } from './fake-libvirt.js';
+import type { Virsh } from '../../src/libvirt/virsh.js';
+import { silentLogger } from '../../src/log.js';
 
-const IDLE_MS = 30_000;
+const IDLE_MS = 1000;
 
-/** Lets real I/O and promise chains run until `cond` holds (bounded by real time, not mock time). */
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > deadline) assert.fail(`timed out waiting for: ${what}`);
-    await new Promise((r) => setImmediate(r));
+interface Deferred<T> { promise: Promise<T>; resolve(v: T): void }
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => { resolve = r; });
+  return { promise, resolve };
+}
+
+/** An export whose alive() answers only when the test says so. */
+class FakeExport extends ActiveExport {
+  #gate: Deferred<boolean> | undefined;
+  #asked: Deferred<void> = deferred();
+  stopped = false;
+
+  constructor(n: number) {
+    const rec: ExportRecord = { domain: 'vm', kind: 'qemu-nbd', owner: 'test', checkpoint: undefined,
+      startedAt: new Date(n * 1000).toISOString(), scratchRoot: undefined, disks: [] };
+    super(rec, false, {} as Virsh, {});
+  }
+
+  /** From now on alive() waits for answer(). */
+  hold(): void { this.#gate = deferred(); this.#asked = deferred(); }
+  answer(alive: boolean): void { this.#gate?.resolve(alive); this.#gate = undefined; }
+  /** Settles once alive() was called while held. */
+  get asked(): Promise<void> { return this.#asked.promise; }
+
+  override alive(): Promise<boolean> {
+    this.#asked.resolve();
+    return this.#gate ? this.#gate.promise : Promise.resolve(!this.stopped);
   }
 }
 
-/** Settles what can settle now: a few turns of the event loop. */
-async function settle(): Promise<void> {
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+interface Hooks {
+  /** When set, starts wait for it. */
+  startGate?: Deferred<void>;
+  /** When set, stops wait for it. */
+  stopGate?: Deferred<void>;
+  /** Starts still to fail. */
+  failStarts?: number;
+  /** 'start' and 'stop' in the order they began. */
+  events: string[];
 }
 
-async function setup(t: TestContext) {
-  t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
-  const root = await mkdtemp(path.join(tmpdir(), 'vircptfs-manager-'));
-  const fake = new FakeLibvirt();
-  const dirs = { runDir: path.join(root, 'run'), scratchRoot: path.join(root, 'scratch') };
+function setup(t: TestContext) {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const started: FakeExport[] = [];
+  const hooks: Hooks = { events: [] };
   const manager = new ExportManager({
-    virsh: fake.virsh, instance: new Instance('fs-1-1', dirs), log: createLogger({ level: 'silent', prefix: 'test' }),
-    idleMs: IDLE_MS, scratchReserve: { bytes: 0 }, freeze: false,
+    virsh: {} as Virsh, instance: new Instance('fs-1-1', { runDir: '/nonexistent', scratchRoot: '/nonexistent' }),
+    log: silentLogger(), idleMs: IDLE_MS,
+    start: async () => {
+      hooks.events.push('start');
+      await hooks.startGate?.promise;
+      if (hooks.failStarts) {
+        hooks.failStarts--;
+        throw new VircptError('LIBVIRT', 'unable to execute QEMU command (fake)');
+      }
+      const e = new FakeExport(started.length + 1);
+      started.push(e);
+      return e;
+    },
+    stop: async (exp) => {
+      hooks.events.push('stop');
+      await hooks.stopGate?.promise;
+      (exp as FakeExport).stopped = true;
+    },
   });
-  t.after(async () => {
-    t.mock.timers.reset();
-    await manager.close();
-    await rm(root, { recursive: true, force: true });
-  });
-  return { fake, manager, dirs };
+  t.after(() => manager.close());
+  return { manager, started, hooks };
 }
 
-test('concurrent opens share one start; the export stays while any lease is held', async (t) => {
-  const { fake, manager } = await setup(t);
-  fake.beginGate = new Gate();
-  const opens = [manager.acquire(DOMAIN, CHECKPOINT), manager.acquire(DOMAIN, CHECKPOINT), manager.acquire(DOMAIN, CHECKPOINT)];
-  await until(() => fake.count('backup-begin') === 1, 'backup-begin');
-  fake.beginGate.open();
-  const leases = await Promise.all(opens);
-  assert.equal(fake.count('backup-begin'), 1, 'one start for three opens');
-  assert.ok(leases.every((l) => l.export === leases[0]!.export));
-  assert.equal(leases[0]!.export.refs, 3);
-  assert.equal(manager.peek(DOMAIN), leases[0]!.export);
-  leases[0]!.release();
-  leases[0]!.release(); // idempotent
-  leases[1]!.release();
-  assert.equal(leases[0]!.export.refs, 1);
-  t.mock.timers.tick(IDLE_MS * 2);
-  await settle();
-  assert.equal(fake.count('domjobabort'), 0, 'held by the third lease: never released');
-  assert.ok(fake.job);
+/** Lets the manager's pending promise callbacks (a stop in the background) run. */
+const settle = async () => {
+  for (let i = 0; i < 5; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+};
+
+describe('ExportManager: idle release and acquire', () => {
+  it('a release while an acquire checks liveness does not stop the export that acquire leases', async (t) => {
+    const { manager, started } = setup(t);
+    const first = await manager.acquire('vm', 'c1');
+    const exp = started[0]!;
+    exp.hold();
+    const second = manager.acquire('vm', 'c1');
+    await exp.asked; // the acquire now waits inside alive()
+    first.release(); // the last lease of the export ends meanwhile
+    t.mock.timers.tick(IDLE_MS); // ...and a whole idle period passes
+    await settle();
+    exp.answer(true);
+    const lease = await second;
+    await settle();
+    assert.equal(lease.export, exp, 'the running export is leased');
+    assert.equal(exp.stopped, false, 'the export leased was not stopped');
+    assert.equal(started.length, 1, 'no second export was started');
+    // The idle release still works once the lease ends.
+    lease.release();
+    t.mock.timers.tick(IDLE_MS);
+    await settle();
+    assert.equal(exp.stopped, true, 'released idle after the last lease');
+  });
+
+  it('no idle stop while an acquire runs; a close meanwhile fails that acquire and stops the export', async (t) => {
+    const { manager, started } = setup(t);
+    (await manager.acquire('vm', 'c1')).release();
+    const exp = started[0]!;
+    exp.hold();
+    const second = manager.acquire('vm', 'c1').then(() => 'leased', (e: { code?: string }) => e.code);
+    await exp.asked;
+    t.mock.timers.tick(IDLE_MS);
+    await settle();
+    assert.equal(exp.stopped, false, 'no idle stop while an acquire runs');
+    const closed = manager.close();
+    exp.answer(true);
+    assert.equal(await second, 'NBD_CLOSED', 'no lease on an export being stopped');
+    await closed;
+    assert.equal(exp.stopped, true, 'close stopped it');
+  });
+
+  it('an export that went away is replaced; the old one is stopped', async (t) => {
+    const { manager, started } = setup(t);
+    const first = await manager.acquire('vm', 'c1');
+    started[0]!.stopped = true; // its server went away
+    const second = await manager.acquire('vm', 'c1');
+    assert.equal(started.length, 2);
+    assert.equal(second.export, started[1]);
+    first.release();
+    second.release();
+    t.mock.timers.tick(IDLE_MS);
+    await settle();
+    assert.equal(started[1]!.stopped, true, 'the new one is released when idle');
+  });
 });
 
-test('the last release arms the idle timer; it releases the export when it fires', async (t) => {
-  const { fake, manager, dirs } = await setup(t);
-  const lease = await manager.acquire(DOMAIN, CHECKPOINT);
-  lease.release();
-  t.mock.timers.tick(IDLE_MS - 1);
-  await settle();
-  assert.equal(fake.count('domjobabort'), 0, 'not before idle');
-  t.mock.timers.tick(1);
-  await until(() => fake.job === undefined && manager.peek(DOMAIN) === undefined, 'the job ended');
-  await manager.close(); // waits for the stop in progress (the idle timer's)
-  assert.equal(fake.count('domjobabort'), 1, 'one abort: the idle timer\'s, none by close()');
-  assert.deepEqual(await readdir(path.join(dirs.runDir, 'fs-1-1')).catch(() => []), [], 'the instance folder cleaned up');
-});
+describe('ExportManager: starts, leases, idle release, stops', () => {
+  it('concurrent opens share one start; the export stays while any lease is held', async (t) => {
+    const { manager, started, hooks } = setup(t);
+    hooks.startGate = deferred();
+    const opens = [manager.acquire('vm', 'c1'), manager.acquire('vm', 'c1'), manager.acquire('vm', 'c1')];
+    await settle();
+    hooks.startGate.resolve();
+    const leases = await Promise.all(opens);
+    assert.deepEqual(hooks.events, ['start'], 'one start for three opens');
+    assert.ok(leases.every((l) => l.export === started[0]));
+    assert.equal(started[0]!.refs, 3);
+    assert.equal(manager.peek('vm'), started[0]);
+    leases[0]!.release();
+    leases[0]!.release(); // idempotent
+    leases[1]!.release();
+    assert.equal(started[0]!.refs, 1);
+    t.mock.timers.tick(IDLE_MS * 3);
+    await settle();
+    assert.equal(started[0]!.stopped, false, 'held by the third lease');
+  });
 
-test('an open before the idle timer fires keeps the export (the timer re-checks), and re-arms on its release', async (t) => {
-  const { fake, manager } = await setup(t);
-  const first = await manager.acquire(DOMAIN, CHECKPOINT);
-  first.release();
-  t.mock.timers.tick(IDLE_MS - 10);
-  const second = await manager.acquire(DOMAIN, CHECKPOINT);
-  assert.equal(second.export, first.export, 'the same export, the same point in time');
-  t.mock.timers.tick(IDLE_MS * 3);
-  await settle();
-  assert.equal(fake.count('domjobabort'), 0);
-  assert.equal(fake.count('backup-begin'), 1);
-  second.release();
-  t.mock.timers.tick(IDLE_MS);
-  await until(() => fake.job === undefined, 'released after the second idle period');
-});
+  it('the last release arms the idle timer, which stops the export when it fires', async (t) => {
+    const { manager, started } = setup(t);
+    (await manager.acquire('vm', 'c1')).release();
+    t.mock.timers.tick(IDLE_MS - 1);
+    await settle();
+    assert.equal(started[0]!.stopped, false, 'not before idle');
+    t.mock.timers.tick(1);
+    await settle();
+    assert.equal(started[0]!.stopped, true);
+    assert.equal(manager.peek('vm'), undefined);
+  });
 
-test('a failed start is forgotten: an open waiting on it, and the next one, start afresh', async (t) => {
-  const { fake, manager } = await setup(t);
-  fake.failBegins = 1;
-  const first = manager.acquire(DOMAIN, CHECKPOINT);
-  const waiting = manager.acquire(DOMAIN, CHECKPOINT);
-  await assert.rejects(first, (err: unknown) => isVircptError(err) && /^domain vm1, checkpoint c1: .*unable to execute QEMU command/.test(err.message));
-  const lease = await waiting;
-  assert.equal(fake.count('backup-begin'), 2, 'the waiting open started again instead of sharing the failure');
-  assert.equal(manager.peek(DOMAIN), lease.export);
-  const next = await manager.acquire(DOMAIN, CHECKPOINT);
-  assert.equal(next.export, lease.export);
-  assert.equal(fake.count('backup-begin'), 2);
-  lease.release();
-  next.release();
-});
+  it('an open before the idle timer fires keeps the export, and its release arms the timer again', async (t) => {
+    const { manager, started } = setup(t);
+    const first = await manager.acquire('vm', 'c1');
+    first.release();
+    t.mock.timers.tick(IDLE_MS - 10);
+    const second = await manager.acquire('vm', 'c1');
+    assert.equal(second.export, first.export, 'the same export, the same point in time');
+    t.mock.timers.tick(IDLE_MS * 3);
+    await settle();
+    assert.equal(started[0]!.stopped, false);
+    assert.equal(started.length, 1);
+    second.release();
+    t.mock.timers.tick(IDLE_MS);
+    await settle();
+    assert.equal(started[0]!.stopped, true, 'released after the second idle period');
+  });
 
-test('a new start waits for the stop of the export before it (same socket, same job slot)', async (t) => {
-  const { fake, manager } = await setup(t);
-  const first = await manager.acquire(DOMAIN, CHECKPOINT);
-  const before = first.export;
-  first.release();
-  fake.abortGate = new Gate();
-  t.mock.timers.tick(IDLE_MS);
-  await until(() => fake.count('domjobabort') === 1, 'the idle stop began');
-  let reopened = false;
-  const next = manager.acquire(DOMAIN, CHECKPOINT).then((l) => { reopened = true; return l; });
-  await settle();
-  assert.equal(reopened, false, 'waits while the stop runs');
-  assert.equal(fake.count('backup-begin'), 1);
-  fake.abortGate.open();
-  const lease = await next;
-  assert.notEqual(lease.export, before, 'a new export, a new point in time');
-  assert.deepEqual(fake.events, ['backup-begin', 'domjobabort', 'backup-begin']);
-  lease.release();
-});
+  it('a failed start is forgotten: an open waiting on it, and the next one, start afresh', async (t) => {
+    const { manager, started, hooks } = setup(t);
+    hooks.failStarts = 1;
+    const first = manager.acquire('vm', 'c1');
+    const waiting = manager.acquire('vm', 'c1');
+    await assert.rejects(first, (err: unknown) => isVircptError(err) && err.code === 'LIBVIRT');
+    const lease = await waiting;
+    assert.deepEqual(hooks.events, ['start', 'start'], 'the waiting open started again instead of sharing the failure');
+    assert.equal(lease.export, started[0]);
+    assert.equal((await manager.acquire('vm', 'c1')).export, started[0]);
+    assert.equal(hooks.events.length, 2);
+  });
 
-test('an export that went away (job gone) is replaced at the next open, after the liveness check', async (t) => {
-  const { fake, manager } = await setup(t);
-  const first = await manager.acquire(DOMAIN, CHECKPOINT);
-  fake.job = undefined; // the VM was destroyed: libvirt ended the job
-  t.mock.timers.tick(2000); // past the export's liveness check interval (Date is mocked too)
-  const second = await manager.acquire(DOMAIN, CHECKPOINT);
-  assert.notEqual(second.export, first.export);
-  assert.equal(fake.count('backup-begin'), 2);
-  first.release(); // the dead one's last close must not arm the new one's idle timer
-  t.mock.timers.tick(IDLE_MS * 2);
-  await settle();
-  assert.ok(fake.job, 'the new export is still held');
-  second.release();
-});
+  it('a new start waits for the stop of the export before it (same socket, same job slot)', async (t) => {
+    const { manager, started, hooks } = setup(t);
+    (await manager.acquire('vm', 'c1')).release();
+    hooks.stopGate = deferred();
+    t.mock.timers.tick(IDLE_MS);
+    await settle();
+    assert.deepEqual(hooks.events, ['start', 'stop'], 'the idle stop began');
+    let reopened = false;
+    const next = manager.acquire('vm', 'c1').then((l) => { reopened = true; return l; });
+    await settle();
+    assert.equal(reopened, false, 'waits while the stop runs');
+    assert.deepEqual(hooks.events, ['start', 'stop']);
+    hooks.stopGate.resolve();
+    const lease = await next;
+    assert.equal(lease.export, started[1], 'a new export, a new point in time');
+    assert.deepEqual(hooks.events, ['start', 'stop', 'start']);
+  });
 
-test('close() releases every export, waits for stops in progress, and refuses new opens', async (t) => {
-  const { fake, manager } = await setup(t);
-  await manager.acquire(DOMAIN, CHECKPOINT);
-  await manager.close();
-  assert.equal(fake.job, undefined);
-  assert.equal(fake.count('domjobabort'), 1);
-  await manager.close(); // idempotent
-  assert.equal(fake.count('domjobabort'), 1);
-  await assert.rejects(manager.acquire(DOMAIN, CHECKPOINT), (err: unknown) => isVircptError(err) && err.code === 'NBD_CLOSED');
+  it('close() stops every export once, waits for stops in progress, and refuses new opens', async (t) => {
+    const { manager, started, hooks } = setup(t);
+    await manager.acquire('vm', 'c1');
+    await manager.acquire('other', 'c1');
+    await manager.close();
+    assert.deepEqual(started.map((e) => e.stopped), [true, true]);
+    await manager.close(); // idempotent
+    assert.deepEqual(hooks.events.filter((e) => e === 'stop'), ['stop', 'stop']);
+    await assert.rejects(manager.acquire('vm', 'c1'), (err: unknown) => isVircptError(err) && err.code === 'NBD_CLOSED');
+  });
 });

@@ -12,11 +12,11 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
   assert.deepEqual({ ...o }, {
     source: 'qemu:///system', mountpoint: '/mnt/x', foreground: false, debug: false, domains: [],
     cacheBytes: DEFAULTS.cacheBytes, idleSeconds: DEFAULTS.idleSeconds, scratch: undefined,
-    scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true, allowOther: false, defaultPermissions: false,
-    readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
+    scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true, allowOther: false, uid: undefined, gid: undefined,
+    umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
   });
   const p = parseFsArgs(['-o', 'domain=a,cache=1G', 'default', '-d', '/m', '-odomain=b,idle=5,nofreeze',
-    '-o', 'scratch=/s,scratch_reserve=5%,readahead=4096,log=/l,allow_other,default_permissions']);
+    '-o', 'scratch=/s,scratch_reserve=5%,readahead=4096,log=/l,allow_other,uid=0,gid=0,umask=027']);
   assert.equal(p.source, 'default');
   assert.equal(p.mountpoint, '/m');
   assert.equal(p.debug && p.foreground, true, '-d implies -f');
@@ -28,11 +28,13 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
   assert.deepEqual(p.scratchReserve, { percent: 5 });
   assert.equal(p.readaheadKb, 4096);
   assert.equal(p.logFile, '/l');
-  assert.equal(p.allowOther && p.defaultPermissions, true);
+  assert.equal(p.allowOther, true);
+  assert.deepEqual([p.uid, p.gid, p.umask], [0, 0, 0o027]);
 });
 
 test('parseFsArgs: what mount(8) and fstab pass along is accepted and ignored (README list)', () => {
-  const ignored = 'defaults,ro,rw,dev,nodev,suid,nosuid,exec,noexec,atime,noatime,relatime,auto,noauto,user,users,nofail,_netdev,x-systemd.requires=libvirtd.service';
+  const ignored = 'defaults,ro,rw,dev,nodev,suid,nosuid,exec,noexec,atime,noatime,relatime,auto,noauto,user,users,nofail,_netdev,' +
+    'default_permissions,x-systemd.requires=libvirtd.service';
   assert.deepEqual(parseFsArgs(['-o', ignored, 's://', '/m']), parseFsArgs(['s://', '/m']));
 });
 
@@ -45,6 +47,8 @@ test('parseFsArgs: bad input is one usage error naming what was wrong', () => {
     [['-o', 'idle=-1', 'a', 'b'], /idle=-1: not a whole number/],
     [['-o', 'idle=86401', 'a', 'b'], /up to 86400/],
     [['-o', 'scratch_reserve=100%', 'a', 'b'], /a percentage below 100/],
+    [['-o', 'umask=0800', 'a', 'b'], /umask=0800: not an octal mode/],
+    [['-o', 'uid=4294967295', 'a', 'b'], /uid=4294967295: not a whole number/],
     [['-x', 'a', 'b'], /unknown flag: -x/],
     [['-o'], /-o needs a list/],
     [['a'], /expected SOURCE and MOUNTPOINT, got 1/],
