@@ -4,7 +4,7 @@
 // first and put back afterwards, exactly; what the test installed is removed with uninstall.sh.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -44,12 +44,46 @@ function presentPaths(): string[] {
   return [...PATHS, OLD_LIBDIR].filter((p) => existsSync(p));
 }
 
+/** Held while a test owns the install's paths: a second run at once would set aside the first
+ *  one's install and put its own in place under the first one's mounts. */
+const LOCK = '/run/vircptfs-install-test.lock';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Takes the lock, or fails naming the run that holds it; a dead holder's lock is taken over. */
+async function lock(): Promise<void> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await mkdir(LOCK, { mode: 0o700 });
+      await writeFile(path.join(LOCK, 'pid'), `${process.pid}\n`);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = Number((await readFile(path.join(LOCK, 'pid'), 'utf8').catch(() => '')).trim());
+      if (holder > 0 && alive(holder)) {
+        throw new Error(`another test (pid ${holder}) installs vircptfs machine-wide right now (${LOCK}): run this file alone`);
+      }
+      await rm(LOCK, { recursive: true, force: true }); // its holder died (or never wrote its pid)
+    }
+  }
+  throw new Error(`${LOCK}: could not take the lock`);
+}
+
 /** What was at the install's paths before the test. */
 export class InstallState {
   private constructor(readonly saved: string | undefined, readonly present: string[]) {}
 
-  /** Moves anything at the install's paths to a private folder (copied, then removed). */
+  /** Takes the install lock, then moves anything at the install's paths to a private folder
+   *  (copied, then removed). restore() gives both back. */
   static async setAside(): Promise<InstallState> {
+    await lock();
     const present = presentPaths();
     if (present.length === 0) return new InstallState(undefined, []);
     const saved = `/var/tmp/vircptfs-mt-install-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -65,8 +99,10 @@ export class InstallState {
   async restore(): Promise<void> {
     if (installedPaths().length > 0) await runScript('uninstall.sh');
     for (const p of installedPaths()) await rm(p, { recursive: true, force: true });
-    if (!this.saved) return;
-    for (const [i, p] of this.present.entries()) await execa('cp', ['-a', path.join(this.saved, String(i)), p]);
-    await rm(this.saved, { recursive: true, force: true });
+    if (this.saved) {
+      for (const [i, p] of this.present.entries()) await execa('cp', ['-a', path.join(this.saved, String(i)), p]);
+      await rm(this.saved, { recursive: true, force: true });
+    }
+    await rm(LOCK, { recursive: true, force: true });
   }
 }
