@@ -13,10 +13,10 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
     source: 'qemu:///system', mountpoint: '/mnt/x', foreground: false, debug: false, domains: [],
     cacheBytes: DEFAULTS.cacheBytes, idleSeconds: DEFAULTS.idleSeconds, scratch: undefined,
     scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true, allowOther: false, uid: undefined, gid: undefined,
-    umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
+    umask: DEFAULTS.umask, directIo: false, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
   });
   const p = parseFsArgs(['-o', 'domain=a,cache=1G', 'default', '-d', '/m', '-odomain=b,idle=5,nofreeze',
-    '-o', 'scratch=/s,scratch_reserve=5%,readahead=4096,log=/l,allow_other,uid=0,gid=0,umask=027']);
+    '-o', 'scratch=/s,scratch_reserve=5%,readahead=4096,log=/l,allow_other,uid=0,gid=0,umask=027,direct_io']);
   assert.equal(p.source, 'default');
   assert.equal(p.mountpoint, '/m');
   assert.equal(p.debug && p.foreground, true, '-d implies -f');
@@ -28,7 +28,7 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
   assert.deepEqual(p.scratchReserve, { percent: 5 });
   assert.equal(p.readaheadKb, 4096);
   assert.equal(p.logFile, '/l');
-  assert.equal(p.allowOther, true);
+  assert.equal(p.allowOther && p.directIo, true);
   assert.deepEqual([p.uid, p.gid, p.umask], [0, 0, 0o027]);
 });
 
