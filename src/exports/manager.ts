@@ -15,6 +15,7 @@ import { ActiveExport } from './active-export.js';
 import { findLiveExport, stopExport } from './discover.js';
 import type { Instance } from './runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard, type LowScratch, type ScratchReserve } from './scratch-guard.js';
+import type { RemoteOptions } from './remote.js';
 import { startExport } from './start.js';
 
 export interface ExportManagerOptions {
@@ -34,6 +35,8 @@ export interface ExportManagerOptions {
   /** Replace how an export is started and stopped (tests: no libvirt). */
   start?: (domain: string, checkpoint: string) => Promise<ActiveExport>;
   stop?: (exp: ActiveExport) => Promise<void>;
+  /** For a remote URI: NBD over TCP settings. */
+  remote?: RemoteOptions | undefined;
 }
 
 /** Who opened the file that starts an export (the FUSE request context), when known. */
@@ -194,7 +197,8 @@ export class ExportManager {
     const targets = checkpoint.disks.filter((d) => d.checkpoint === 'bitmap').map((d) => d.target);
     try {
       const rec = await startExport({ virsh, log, domain: dom, sizes, checkpoint, targets, instance: this.#o.instance,
-        scratchRoot: this.#o.scratchRoot, scratchReserve: this.#o.scratchReserve, freeze: this.#o.freeze ?? true, job: dom.active ? job : undefined });
+        scratchRoot: this.#o.scratchRoot, scratchReserve: this.#o.scratchReserve, freeze: this.#o.freeze ?? true, job: dom.active ? job : undefined,
+        remote: this.#o.remote });
       return this.#guarded(new ActiveExport(rec, false, virsh, this.#diskOptions()));
     } catch (err) {
       // Another instance of ours (a `vircpt export`, another mount) already serves it: read through.
@@ -210,7 +214,9 @@ export class ExportManager {
   #guarded(exp: ActiveExport): ActiveExport {
     const scratch = exp.rec.disks[0]?.scratch;
     const reserve = this.#o.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
-    if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve)) return exp;
+    // A remote export's scratch folder is on the hypervisor, out of statfs's reach: unguarded
+    // (README, "Remote hypervisors").
+    if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve) || exp.rec.remote !== undefined) return exp;
     this.#guards.set(exp, new ScratchGuard({
       virsh: this.#o.virsh, domain: exp.domain, dir: path.dirname(scratch), reserve, log: this.#o.log,
       intervalMs: this.#o.guardIntervalMs, onLow: (report) => this.#giveUp(exp, report),

@@ -30,8 +30,14 @@ export class NbdDisk implements BlockSource {
   }
 
   static async open(rec: ExportRecord, disk: DiskExport, opts: NbdDiskOptions = {}): Promise<NbdDisk> {
+    const remote = rec.remote;
+    const where = remote === undefined ? { socketPath: disk.socket } : {
+      host: remote.host, port: remote.port,
+      // An export started with tls='yes' is read over TLS or not at all.
+      tls: { mode: remote.tls ? 'require' as const : 'off' as const, certs: remote.certs },
+    };
     const pool = await NbdPool.connect({
-      socketPath: disk.socket,
+      ...where,
       exportName: disk.exportName,
       metaContexts: [BASE_ALLOCATION, ...Object.values(disk.dirtyContexts)],
       connections: opts.connections ?? 2,
