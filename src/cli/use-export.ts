@@ -10,7 +10,7 @@ import { Instance } from '../exports/runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard } from '../exports/scratch-guard.js';
 import { startExport } from '../exports/start.js';
 import { getCheckpoint } from '../libvirt/checkpoint.js';
-import { selectDisks, type Ctx } from './context.js';
+import { remoteOptions, selectDisks, type Ctx } from './context.js';
 
 export interface ExportUse {
   exp: ActiveExport;
@@ -41,7 +41,8 @@ export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: 
 function guardOf(ctx: Ctx, exp: ActiveExport): ScratchGuard | undefined {
   const reserve = ctx.opts.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
   const scratch = exp.rec.disks[0]?.scratch;
-  if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve)) return undefined;
+  // A remote export's scratch folder is on the hypervisor, out of statfs's reach (README).
+  if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve) || exp.rec.remote !== undefined) return undefined;
   return new ScratchGuard({
     virsh: ctx.virsh, domain: exp.domain, dir: path.dirname(scratch), reserve, log: ctx.log,
     onLow: (report) => exp.giveUp(new VircptError('NBD_CLOSED', describeLow(report))),
@@ -100,7 +101,7 @@ async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened>
     instance = Instance.of('cli', ctx.dirs);
     rec = await startExport({
       virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
-      instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: ctx.opts.scratchReserve,
+      instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: ctx.opts.scratchReserve, remote: remoteOptions(ctx.opts),
     });
   }
   const exp = new ActiveExport(rec, !!live, ctx.virsh, { connections: NBD_CONNECTIONS });
