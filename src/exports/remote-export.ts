@@ -53,10 +53,13 @@ async function assertNoRemoteJob(virsh: Virsh, instance: Instance, domain: strin
   await new Instance(owner.instance, instance.dirs).cleanup(domain);
 }
 
-/** QEMU could not bind the port (another server, another export): the next port is tried. */
-const BUSY = /Address already in use|Failed to bind socket|EADDRINUSE/i;
-/** QEMU's words when the host's backup_tls_x509_cert_dir lacks its certificates. */
-const NO_CREDENTIALS = /Unable to access credentials/i;
+/** What a failed backup-begin means here: QEMU could not bind the port (another server, another
+ *  export: the next port is tried), or the host's backup_tls_x509_cert_dir lacks its certificates. */
+export function beginFailure(said: string): 'busy' | 'no-credentials' | 'other' {
+  if (/Address already in use|Failed to find an available port/i.test(said)) return 'busy';
+  if (/Unable to access credentials/i.test(said)) return 'no-credentials';
+  return 'other';
+}
 
 export async function startRemoteBackupExport(o: RemoteExportOptions): Promise<ExportRecord> {
   const { virsh, instance, domain, remote } = o;
@@ -89,18 +92,19 @@ export async function startRemoteBackupExport(o: RemoteExportOptions): Promise<E
       const started = await currentJob(virsh, domain.name).then((j) => jobMatches(j, rec), () => undefined);
       if (started === true) return rec; // libvirt started it although the call failed: it is ours
       if (started === undefined) throw err; // unknown: the record stays for whoever comes next
-      if (BUSY.test(said)) {
+      const why = beginFailure(said);
+      if (why === 'busy') {
         o.log.info({ domain: domain.name, port }, `domain ${domain.name}: port ${port} is busy on the hypervisor, trying the next`);
         continue;
       }
-      if (NO_CREDENTIALS.test(said) && tls && remote.tls === 'prefer') {
+      if (why === 'no-credentials' && tls && remote.tls === 'prefer') {
         o.log.warn({ domain: domain.name }, `domain ${domain.name}: the hypervisor has no NBD TLS certificates; nbd_tls=prefer: serving without TLS`);
         tls = false;
         i--;
         continue;
       }
       await instance.cleanup(domain.name);
-      if (NO_CREDENTIALS.test(said)) throw noBackupTls(domain.name, remote, said);
+      if (why === 'no-credentials') throw noBackupTls(domain.name, remote, said);
       if (err instanceof VircptError) throw new VircptError(err.code, `domain ${domain.name}, checkpoint ${o.checkpoint}: ${said}`, { cause: err });
       throw err;
     }
