@@ -32,6 +32,8 @@ export interface FsOptions {
   logFile: string | undefined;
   /** A remote hypervisor's NBD over TCP: nbd_bind=, nbd_host=, nbd_ports=, nbd_tls=, nbd_certs=. */
   remote: RemoteOptions;
+  /** A remote hypervisor: scratch bytes the mount's exports may use there together (0: unguarded). */
+  scratchBudget: number;
 }
 
 export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024, umask: 0o077 } as const;
@@ -131,6 +133,7 @@ function applyOption(o: FsOptions, opt: string): void {
     case 'nbd_ports': o.remote.ports = parsePorts(need(), key); return;
     case 'nbd_tls': o.remote.tls = parseTlsMode(need(), key); return;
     case 'nbd_certs': o.remote.certs = need(); return;
+    case 'scratch_budget': o.scratchBudget = parseSize(need(), key); return;
     default:
       if (IGNORED.has(key) || key.startsWith('x-') || key.startsWith('comment=')) return;
       throw usage(`unknown option: ${opt}`);
@@ -142,7 +145,7 @@ export function parseFsArgs(argv: readonly string[]): FsOptions {
   const o: FsOptions = {
     source: '', mountpoint: '', foreground: false, debug: false, domains: [], cacheBytes: DEFAULTS.cacheBytes,
     idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true,
-    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, directIo: false, logFile: undefined, remote: {},
+    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, directIo: false, logFile: undefined, remote: {}, scratchBudget: 0,
   };
   const positional: string[] = [];
   for (let i = 0; i < argv.length; i++) {

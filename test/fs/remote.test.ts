@@ -154,4 +154,23 @@ describe('vircptfs over qemu+ssh and qemu+tls, NBD over TLS', () => {
       await until(async () => (await readdir(scratch)).length === 0, 'scratch removed');
     }
   });
+
+  it('scratch_budget: guest writes that take the job\'s scratch over it give the export up; the next open starts afresh', async () => {
+    const m = await mountFs({ source: lab.sshUri, options: opts([ports(BASE + 13, 3), 'scratch_budget=1M']) });
+    try {
+      const file = path.join(m.path(vm.name, 'c1'), 'sda.raw');
+      const fh = await open(file, 'r');
+      await fh.read(Buffer.alloc(4096), 0, 4096, 0);
+      // Copy-before-write: 2 MiB of guest writes put 2 MiB into the job's scratch image.
+      await vm.write('sda', 24 * MiB, 2 * MiB, 0x11); // last test: the disk may change now
+      await until(async () => (await job(vm)) === undefined, 'the budget guard ends the job');
+      await rejectsWith(fh.read(Buffer.alloc(MiB), 0, MiB, 8 * MiB), 'EIO', 'a read after the export was given up');
+      await fh.close();
+      assert.match(m.stderr, /over the scratch_budget of 1\.0 MiB; giving this export up/);
+      assert.equal((await readFile(file)).length, 32 * MiB, 'the next open starts a new export');
+    } finally {
+      await m.cleanup();
+    }
+    await until(async () => (await readdir(scratch)).length === 0, 'scratch removed');
+  });
 });
