@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ExportRecord } from '../../src/exports/export.js';
 import { dirtyRanges } from '../lab/dirty.js';
-import { vircpt } from '../lab/cli.js';
+import { errorLines, vircpt } from '../lab/cli.js';
 import { imageToRaw } from '../lab/images.js';
 import { Lab, virsh, type LabVm } from '../lab/lab.js';
 import { remoteLab } from '../lab/remote.js';
@@ -70,7 +70,7 @@ describe('vircpt through qemu+ssh, NBD over TLS', () => {
       assert.ok(text.stdout.includes(uri), text.stdout);
       // The commands `vircpt export` prints (its text form), run as printed.
       const { describeExport } = await import('../../src/cli/commands/export.js');
-      const printed = describeExport(rec, 'c1').split('\n').filter((l) => /^ {2}(nbdinfo|nbdcopy|qemu-img)/.test(l));
+      const printed = describeExport(rec, 'c1', '').split('\n').filter((l) => /^ {2}(nbdinfo|nbdcopy|qemu-img)/.test(l));
       assert.equal(printed.length, 4, printed.join('\n'));
       for (const line of printed) {
         await run('bash', ['-c', `cd ${tmp} && ${line.trim()}`]);
@@ -84,5 +84,13 @@ describe('vircpt through qemu+ssh, NBD over TLS', () => {
     }
     assert.equal(await vm.jobType(), 'None');
     assert.deepEqual(await readdir(scratch), []);
+  });
+
+  it('a shut-off remote domain is refused in one line (its disks would need qemu-nbd on that host)', async () => {
+    await vm.destroy();
+    const r = await cli('map', '--name', 'c1');
+    assert.equal(r.code, 1);
+    assert.deepEqual(errorLines(r.stderr).length, 1, r.stderr);
+    assert.match(r.stderr, /is shut off on the remote hypervisor .*qemu-nbd on that host/);
   });
 });

@@ -42,13 +42,20 @@ export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<
     rec = (await readRecord(domainDir)) ?? rec;
   }
   if (json) return printJson(ctx, rec);
-  ctx.stdout(describeExport(rec, name, await whoCanConnect(rec.disks[0]!.socket)));
+  ctx.stdout(describeExport(rec, name, rec.remote ? remoteAccess(rec.remote) : await whoCanConnect(rec.disks[0]!.socket)));
 }
 
 /**
  * Who can connect to an export's socket, from its folder as it is now: a Unix socket needs
  * search permission on its folder (and write on itself), and root passes every check.
  */
+/** A remote export listens on the hypervisor's network: who gets in is the CA's (and the firewall's) say. */
+export function remoteAccess(r: NonNullable<ExportRecord['remote']>): string {
+  return r.tls
+    ? `Who can connect: whoever reaches port ${r.port} on the hypervisor and holds a client certificate of the CA of its backup_tls_x509_cert_dir.`
+    : `Who can connect: whoever reaches port ${r.port} on the hypervisor (no TLS: plaintext, no client check).`;
+}
+
 export async function whoCanConnect(socket: string): Promise<string> {
   const dir = path.dirname(socket);
   const st = await stat(dir);
@@ -74,7 +81,7 @@ export function describeExport(rec: ExportRecord, checkpoint: string, access: st
     lines.push(`  ${d.target}: ${nbdUri(d, rec.remote)}  size ${d.size}  dirty context ${d.dirtyContexts[checkpoint] ?? '-'}`);
   }
   const d = rec.disks[0]!;
-  if (rec.remote !== undefined) return describeRemote(rec, checkpoint, lines);
+  if (rec.remote !== undefined) return describeRemote(rec, checkpoint, [...lines, access]);
   const uri = nbdUri(d);
   lines.push(
     access,
