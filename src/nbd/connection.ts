@@ -13,13 +13,12 @@
 // would hold its place for ever.
 
 import net from 'node:net';
-import tls from 'node:tls';
 import { VircptError } from '../errors.js';
 import { NBD_CMD_DISC, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_OPT_ABORT, NBD_OPT_STARTTLS, NBD_REP_ACK, NBD_REP_ERR_POLICY, NBD_REP_ERR_UNSUP, NBD_REP_FLAG_ERROR } from './constants.js';
 import { encodeClientFlags, encodeOption, encodeRequest } from './codec.js';
 import { closedError } from './errors.js';
 import { NbdParser, type ParserEvent, type ReplyTarget } from './parser.js';
-import { handshakeError, loadCredentials, tlsConnectOptions, tlsError, type NbdTlsOptions, type TlsCredentials } from './tls.js';
+import { loadCredentials, secureSocket, tlsError, type NbdTlsOptions, type TlsCredentials } from './tls.js';
 
 export interface SocketTarget { socketPath?: string; host?: string; port?: number }
 
@@ -135,12 +134,7 @@ export class NbdConnection {
     }
     // The TLS socket takes the TCP socket's handle; bytes read from then on are TLS records.
     this.#raw.removeListener('data', this.#onData);
-    const secure = tls.connect(tlsConnectOptions({ socket: this.#raw, host, credentials }));
-    const handshake = new Promise<void>((resolve, reject) => {
-      const onError = (err: Error) => reject(handshakeError(err, host, credentials.dir));
-      secure.once('error', onError);
-      secure.once('secureConnect', () => { secure.removeListener('error', onError); resolve(); });
-    });
+    const { secure, handshake } = secureSocket({ socket: this.#raw, host, credentials });
     secure.on('error', (err) => { this.#socketError = err; }); // the close handler reports it
     secure.once('close', () => this.#onClose(undefined));
     this.#socket = secure;

@@ -5,6 +5,7 @@
 // server's certificate, TLS 1.2 at least. The certificate folder uses libnbd's file names.
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 import { VircptError } from '../errors.js';
 
@@ -64,8 +65,19 @@ export function handshakeError(err: Error & { code?: string; reason?: string }, 
 
 export interface SecureOptions { socket: net.Socket; host: string; credentials: TlsCredentials }
 
+/** The TLS socket over `o.socket`, and its handshake: rejected with one line (handshakeError). */
+export function secureSocket(o: SecureOptions): { secure: tls.TLSSocket; handshake: Promise<void> } {
+  const secure = tls.connect(tlsConnectOptions(o));
+  const handshake = new Promise<void>((resolve, reject) => {
+    const onError = (err: Error) => reject(handshakeError(err, o.host, o.credentials.dir));
+    secure.once('error', onError);
+    secure.once('secureConnect', () => { secure.removeListener('error', onError); resolve(); });
+  });
+  return { secure, handshake };
+}
+
 /** The TLS options of one handshake: SNI only for names (RFC 6066 forbids IP literals there). */
-export function tlsConnectOptions(o: SecureOptions): import('node:tls').ConnectionOptions {
+export function tlsConnectOptions(o: SecureOptions): tls.ConnectionOptions {
   return {
     socket: o.socket,
     host: o.host,

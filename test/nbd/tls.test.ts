@@ -11,7 +11,7 @@ import { NbdClient } from '../../src/nbd/client.js';
 import { NbdConnection } from '../../src/nbd/connection.js';
 import type { NbdTlsMode } from '../../src/nbd/tls.js';
 import { noClientCerts, remoteLab, serverCerts, wrongCaCerts } from '../lab/remote.js';
-import { execFileP, freePort, killPid, makeTempDir, requireTool } from './servers.js';
+import { execFileP, makeTempDir, startQemuNbdTcp } from './servers.js';
 
 const lab = remoteLab();
 const SIZE = 4 << 20;
@@ -19,15 +19,8 @@ const SIZE = 4 << 20;
 interface Server { host: string; port: number; stop(): Promise<void> }
 
 /** qemu-nbd serving `image` on HOST:PORT, with TLS (the lab's server certificate) or without. */
-async function qemuNbd(image: string, host: string, tls: boolean): Promise<Server> {
-  requireTool('qemu-nbd', 'qemu-utils');
-  const port = await freePort();
-  const pidFile = `${image}.${port}.pid`;
-  const creds = tls ? ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${serverCerts(lab)}`, '--tls-creds', 'tls0'] : [];
-  await execFileP('qemu-nbd', ['-r', '-f', 'raw', '-x', 'disk', '-b', host, '-p', String(port), '-e', '0', '--persistent',
-    '--fork', '--pid-file', pidFile, ...creds, image]);
-  const pid = Number((await readFile(pidFile, 'utf8')).trim());
-  return { host, port, stop: () => killPid(pid) };
+function qemuNbd(image: string, host: string, tls: boolean): Promise<Server> {
+  return startQemuNbdTcp({ image, host, ...(tls ? { tlsDir: serverCerts(lab) } : {}) });
 }
 
 async function fixture(t: import('node:test').TestContext) {
