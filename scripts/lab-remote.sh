@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test lab's "remote" hypervisor on this one machine (run by setup.sh, as root, idempotent):
-#  - sshd on localhost and a key of the lab's own, for qemu+ssh://root@localhost/system
+#  - an sshd of the lab's own on 127.0.0.1:10022 and a key, for qemu+ssh://root@localhost:10022/system
 #  - a lab CA (certtool) with one server certificate (SANs localhost, 127.0.0.1 and the extra
 #    loopback addresses the tests dial) and one client certificate
 #  - QEMU's NBD server of backup jobs using it (backup_tls_x509_cert_dir in qemu.conf)
@@ -12,6 +12,7 @@ set -euo pipefail
 LAB=/var/lib/vircptfs-lab
 PKI=$LAB/pki
 SSH_KEY=$LAB/ssh/id_ed25519
+SSH_PORT=10022
 BACKUP_CERTS=$PKI/backup          # QEMU's names: ca-cert.pem server-cert.pem server-key.pem
 NBD_CERTS=$PKI/nbd-client         # libnbd's names: ca-cert.pem client-cert.pem client-key.pem
 RPC_CERTS=$PKI/libvirt            # libvirt's pkipath names: cacert.pem clientcert.pem clientkey.pem
@@ -24,7 +25,7 @@ log() { printf '[lab-remote] %s\n' "$*" >&2; }
 
 if [ "${1:-}" = env ]; then
   cat <<EOF
-LAB_SSH_URI='qemu+ssh://root@localhost/system?keyfile=$SSH_KEY&no_tty=1'
+LAB_SSH_URI='qemu+ssh://root@localhost:$SSH_PORT/system?keyfile=$SSH_KEY&no_tty=1'
 LAB_TLS_URI='qemu+tls://localhost/system?pkipath=$RPC_CERTS'
 LAB_NBD_CERTS='$NBD_CERTS'
 LAB_PKI='$PKI'
@@ -33,15 +34,28 @@ EOF
 fi
 
 # --- ssh ---------------------------------------------------------------------------------------
+# An sshd of the lab's own on 127.0.0.1:$SSH_PORT (its own config and authorized keys), so the
+# host's sshd and its settings are neither needed nor touched.
 ssh-keygen -A >/dev/null
 mkdir -p /run/sshd "$LAB/ssh" /root/.ssh
-chmod 700 /root/.ssh "$LAB/ssh"
-if ! pgrep -x sshd >/dev/null; then log "starting sshd"; /usr/sbin/sshd; fi
+chmod 755 "$LAB"; chmod 700 /root/.ssh "$LAB/ssh"
 [ -f "$SSH_KEY" ] || ssh-keygen -q -t ed25519 -N '' -C vircptfs-lab -f "$SSH_KEY"
-touch /root/.ssh/authorized_keys /root/.ssh/known_hosts
-grep -qxF "$(cat "$SSH_KEY.pub")" /root/.ssh/authorized_keys || cat "$SSH_KEY.pub" >> /root/.ssh/authorized_keys
-for _ in $(seq 1 50); do ssh-keyscan -H localhost >/dev/null 2>&1 && break; sleep 0.1; done
-ssh-keygen -F localhost >/dev/null || ssh-keyscan -H localhost 2>/dev/null >> /root/.ssh/known_hosts
+install -m 600 "$SSH_KEY.pub" "$LAB/ssh/authorized_keys"
+printf '%s\n' "ListenAddress 127.0.0.1:$SSH_PORT" 'HostKey /etc/ssh/ssh_host_ed25519_key' "PidFile $LAB/ssh/sshd.pid" \
+  "AuthorizedKeysFile $LAB/ssh/authorized_keys" 'PermitRootLogin prohibit-password' 'PasswordAuthentication no' \
+  'KbdInteractiveAuthentication no' 'UsePAM no' > "$LAB/ssh/sshd_config"
+sshd_pid=$(cat "$LAB/ssh/sshd.pid" 2>/dev/null || true)
+if [ -z "$sshd_pid" ] || [ "$(cat "/proc/$sshd_pid/comm" 2>/dev/null)" != sshd ]; then
+  log "starting the lab's sshd on 127.0.0.1:$SSH_PORT"
+  /usr/sbin/sshd -f "$LAB/ssh/sshd_config"
+fi
+touch /root/.ssh/known_hosts
+if ! ssh-keygen -F "[localhost]:$SSH_PORT" >/dev/null; then
+  keys=
+  for _ in $(seq 1 50); do keys=$(ssh-keyscan -p "$SSH_PORT" -t ed25519 -H localhost 2>/dev/null) && [ -n "$keys" ] && break; sleep 0.1; done
+  [ -n "$keys" ] || { echo "lab-remote.sh: the lab's sshd does not answer on 127.0.0.1:$SSH_PORT" >&2; exit 1; }
+  printf '%s\n' "$keys" >> /root/.ssh/known_hosts
+fi
 
 # --- certificates (certtool, gnutls-bin) -------------------------------------------------------
 mkdir -p "$PKI" "$BACKUP_CERTS" "$NBD_CERTS" "$RPC_CERTS"
