@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { defaultRuntimeDirs } from '../../src/exports/runtime.js';
 import { parseBackupXml } from '../../src/libvirt/backup.js';
 import { Lab, virsh, type LabVm } from '../lab/lab.js';
+import { leftoversOf } from '../lab/leftovers.js';
 import { mountFs, type FsMount } from '../lab/mount.js';
 import { remoteLab } from '../lab/remote.js';
 import { assertCovers, assertSameBytes, checkpoint, dirtyOf, dirtyRanges, KiB, MiB, reference, rejectsWith, type DirtyMapJson } from './helpers.js';
@@ -76,6 +77,7 @@ describe('vircptfs over qemu+ssh and qemu+tls, NBD over TLS', () => {
     await m.cleanup();
     await until(async () => (await job(vm)) === undefined, 'the job ends at unmount');
     await until(async () => (await readdir(scratch)).length === 0, 'libvirt removed the scratch file');
+    assert.deepEqual(await leftoversOf(vm.name), [], 'nothing of ours left on this machine either');
   }
 
   it('qemu+ssh: byte-exact disk and exact dirty map with nbd_tls=require', async () => {
