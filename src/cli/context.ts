@@ -22,6 +22,8 @@ export interface GlobalOptions {
   nbdPorts?: PortRange;
   nbdTls?: NbdTlsMode;
   nbdCerts?: string;
+  /** A remote URI: scratch bytes map/copy's own export may use on the hypervisor. */
+  scratchBudget?: number;
 }
 
 export function remoteOptions(o: GlobalOptions): RemoteOptions {

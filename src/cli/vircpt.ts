@@ -2,7 +2,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { VircptError, messageOf } from '../errors.js';
 import { DEFAULT_SCRATCH_RESERVE, formatReserve, type ScratchReserve } from '../exports/scratch-guard.js';
-import { parseReserve } from '../fs/options.js';
+import { parseReserve, parseSize } from '../fs/options.js';
 import { DEFAULT_NBD_PORTS, parsePorts, parseTlsMode, type PortRange } from '../exports/remote.js';
 import { DEFAULT_NBD_CERTS, type NbdTlsMode } from '../nbd/tls.js';
 import { makeCtx, type Deps, type GlobalOptions } from './context.js';
@@ -30,6 +30,14 @@ function collect(value: string, previous: string[] = []): string[] {
 function scratchReserve(value: string): ScratchReserve {
   try {
     return parseReserve(value, '--scratch-reserve');
+  } catch (err) {
+    throw new InvalidArgumentError(messageOf(err));
+  }
+}
+
+function scratchBudget(value: string): number {
+  try {
+    return parseSize(value, '--scratch-budget');
   } catch (err) {
     throw new InvalidArgumentError(messageOf(err));
   }
@@ -71,6 +79,7 @@ export function buildProgram(deps: Deps): Command {
     .option('--nbd-ports <from-to>', `remote URI: NBD ports to take from (default ${DEFAULT_NBD_PORTS.from}-${DEFAULT_NBD_PORTS.to})`, nbdPorts)
     .option('--nbd-tls <mode>', 'remote URI: require, prefer or off (default require; prefer on loopback)', nbdTls)
     .option('--nbd-certs <dir>', `remote URI: ca-cert.pem client-cert.pem client-key.pem (default ${DEFAULT_NBD_CERTS})`)
+    .option('--scratch-budget <size>', 'remote URI: scratch map/copy\'s own export may use on the hypervisor, by libvirt\'s figures; over it the export is given up (default: unguarded)', scratchBudget)
     .option('-v, --verbose', 'debug log, and stack traces on errors')
     .version(`vircpt ${deps.version}`, '-V, --version', 'print the version')
     .showHelpAfterError('(vircpt --help for usage)')
