@@ -40,6 +40,9 @@ Options (-o, comma-separated, repeatable):
                        (default: the mounting user and its group)
   umask=MODE           octal, taken from 0444 (files) and 0555 (directories) (default 0077:
                        0400 and 0500, the owner only); the kernel checks these modes
+  Accepted and ignored (mount(8)/fstab): defaults ro rw dev nodev suid nosuid exec noexec atime
+  noatime relatime auto noauto user users nofail _netdev x-* default_permissions (always on)
+
 Remote hypervisors (qemu+ssh://, qemu+tls://; docs/remote.md):
   nbd_bind=ADDR        the address QEMU's NBD server binds on the hypervisor (default: the URI's host)
   nbd_host=ADDR        the address dialled and checked in the server's certificate (default: the URI's host)
@@ -49,8 +52,6 @@ Remote hypervisors (qemu+ssh://, qemu+tls://; docs/remote.md):
   scratch_budget=SIZE  scratch the mount's exports may use on the hypervisor together, by libvirt's
                        figures: over it the export using the most is given up (EIO); default: unguarded
   scratch=DIR          there: a folder that exists on the hypervisor (default ${DEFAULT_REMOTE_SCRATCH})
-  Accepted and ignored (mount(8)/fstab): defaults ro rw dev nodev suid nosuid exec noexec atime
-  noatime relatime auto noauto user users nofail _netdev x-* default_permissions (always on)
 
 Only root can mount (exports need root). allow_other,gid=vmscan,umask=0027 lets the members of
 group vmscan read, and no one else.
