@@ -13,7 +13,8 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { NbdClient, NbdPool, type NbdPoolOptions } from '../src/nbd/index.js';
 import { readAll } from '../test/nbd/read-all.js';
-import { execFileP, makeQcow2, requireTool, startQemuNbd, type NbdServer } from '../test/nbd/servers.js';
+import { remoteLab, serverCerts } from '../test/lab/remote.js';
+import { execFileP, makeQcow2, requireTool, startQemuNbd, startQemuNbdTcp, type NbdServer } from '../test/nbd/servers.js';
 
 export { readAll } from '../test/nbd/read-all.js';
 
@@ -110,7 +111,7 @@ function subjects(server: NbdServer, dataBytes: number): Subject[] {
   ];
 }
 
-async function measure(server: NbdServer): Promise<void> {
+async function measure(server: NbdServer): Promise<number> {
   const base: NbdPoolOptions = { socketPath: server.socketPath!, exportName: server.exportName, metaContexts: ['base:allocation'] };
   const warm = await timeOurs(base, 16); // also warms the page cache
   await timeNbdcopy(server.uri, warm.dataBytes);
@@ -127,6 +128,36 @@ async function measure(server: NbdServer): Promise<void> {
   const rssAfter = process.resourceUsage().maxRSS;
   console.log(`\npeak RSS of this process: ${(rssAfter / 1024).toFixed(0)} MiB (${(rssBefore / 1024).toFixed(0)} MiB after one pass with the defaults)`);
   console.log(`${runs} runs each, interleaved; MB/s = export bytes (4 GiB) / wall time; CPU per GiB of data read`);
+  return warm.dataBytes;
+}
+
+/**
+ * NBD over TLS (BENCH_TLS=0 skips it): the same image from qemu-nbd on 127.0.0.1 with the lab's
+ * certificates (scripts/lab-remote.sh), ours against `nbdcopy nbds://...?tls-certificates= null:`.
+ */
+async function measureTls(image: string, dataBytes: number): Promise<void> {
+  const lab = remoteLab();
+  const server = await startQemuNbdTcp({ image, format: 'qcow2', host: '127.0.0.1', tlsDir: serverCerts(lab) });
+  try {
+    const uri = `nbds://127.0.0.1:${server.port}/${server.exportName}?tls-certificates=${lab.nbdCerts}`;
+    const base: NbdPoolOptions = { host: server.host, port: server.port, exportName: server.exportName, metaContexts: ['base:allocation'],
+      tls: { mode: 'require', certs: lab.nbdCerts } };
+    const list: Subject[] = [
+      { name: 'nbdcopy nbds:// null: (defaults)', run: () => timeNbdcopy(uri, dataBytes) },
+      { name: 'ours: TLS, 1 connection, 8 x 256 KiB', run: () => timeOurs(base, 8) },
+      { name: 'ours: TLS, pool of 2 connections', run: () => timeOurs({ ...base, connections: 2 }, 16) },
+      { name: 'nbdcopy nbds:// --connections=1', run: () => timeNbdcopy(uri, dataBytes, ['--connections=1']) },
+    ];
+    const samples = list.map(() => [] as Sample[]);
+    for (let round = 0; round < runs; round++) {
+      for (const [i, subject] of list.entries()) samples[i]!.push(await subject.run());
+    }
+    console.log('\nNBD over TLS (qemu-nbd on 127.0.0.1, TLS 1.3, x509 with client certificate):');
+    const rows = list.map((subject, i) => summary(subject.name, samples[i]!));
+    print(rows, rows[0]!);
+  } finally {
+    await server.stop();
+  }
 }
 
 /** The benchmark's image: 4 GiB qcow2, 1.5 GiB of data in scattered runs. */
@@ -148,7 +179,8 @@ async function main(): Promise<void> {
     await buildBenchImage(image);
     console.log(`image: 4 GiB qcow2, 1.5 GiB data, made in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     server = await startQemuNbd({ image });
-    await measure(server);
+    const dataBytes = await measure(server);
+    if (process.env.BENCH_TLS !== '0') await measureTls(image, dataBytes);
   } finally {
     await cleanup();
   }

@@ -12,7 +12,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # Debian packages (docs/lab.md). Checked one by one: a machine that has some of them hides a missing one.
 pkgs=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
       libnbd-bin nbdkit fuse3 libfuse3-dev pkg-config e2fsprogs fdisk clamav
-      rsync jq util-linux procps psmisc python3 make g++ time)
+      rsync jq util-linux procps psmisc python3 make g++ time
+      openssh-server gnutls-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -65,4 +66,7 @@ if [ "$(findmnt -no PROPAGATION / 2>/dev/null)" = private ]; then
 fi
 # FUSE needs /dev/fuse; loop devices need the loop module (built in on these machines).
 [ -c /dev/fuse ] || { echo "setup.sh: /dev/fuse is missing (load the fuse module)" >&2; exit 1; }
+# The remote-hypervisor lab: sshd, a lab CA, NBD TLS for backup jobs, libvirtd --listen (TLS on
+# 127.0.0.1 only). It restarts libvirtd once when that configuration is missing.
+bash scripts/lab-remote.sh
 log "ready"

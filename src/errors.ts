@@ -21,6 +21,8 @@ export type ErrorCode =
   | 'NBD_PROTOCOL'
   | 'NBD_CLOSED'
   | 'NBD_UNSUPPORTED'
+  /** NBD over TLS could not be set up: certificates, names, or a server without TLS. */
+  | 'NBD_TLS'
   | 'TIMEOUT'
   | 'ABORTED'
   // filesystem edge

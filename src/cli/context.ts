@@ -5,6 +5,8 @@ import { Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
 import type { RuntimeDirs } from '../exports/runtime.js';
 import type { ScratchReserve } from '../exports/scratch-guard.js';
+import type { PortRange, RemoteOptions } from '../exports/remote.js';
+import type { NbdTlsMode } from '../nbd/tls.js';
 
 export interface GlobalOptions {
   uri: string;
@@ -14,6 +16,18 @@ export interface GlobalOptions {
   scratchdir?: string;
   scratchReserve?: ScratchReserve;
   verbose?: boolean;
+  /** A remote URI's NBD over TCP: --nbd-bind, --nbd-host, --nbd-ports, --nbd-tls, --nbd-certs. */
+  nbdBind?: string;
+  nbdHost?: string;
+  nbdPorts?: PortRange;
+  nbdTls?: NbdTlsMode;
+  nbdCerts?: string;
+  /** A remote URI: scratch bytes map/copy's own export may use on the hypervisor. */
+  scratchBudget?: number;
+}
+
+export function remoteOptions(o: GlobalOptions): RemoteOptions {
+  return { bind: o.nbdBind, host: o.nbdHost, ports: o.nbdPorts, tls: o.nbdTls, certs: o.nbdCerts };
 }
 
 export interface Deps {

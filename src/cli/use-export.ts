@@ -8,9 +8,10 @@ import { findExports, findLiveExport, stopExport } from '../exports/discover.js'
 import type { ExportRecord } from '../exports/export.js';
 import { Instance } from '../exports/runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard } from '../exports/scratch-guard.js';
+import { RemoteScratchBudget } from '../exports/remote-guard.js';
 import { startExport } from '../exports/start.js';
 import { getCheckpoint } from '../libvirt/checkpoint.js';
-import { selectDisks, type Ctx } from './context.js';
+import { remoteOptions, selectDisks, type Ctx } from './context.js';
 
 export interface ExportUse {
   exp: ActiveExport;
@@ -38,9 +39,20 @@ export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: 
 }
 
 /** The scratch guard of our own backup export: space running low fails the reads (the guest first). */
-function guardOf(ctx: Ctx, exp: ActiveExport): ScratchGuard | undefined {
+function guardOf(ctx: Ctx, exp: ActiveExport): { stop(): void } | undefined {
   const reserve = ctx.opts.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
   const scratch = exp.rec.disks[0]?.scratch;
+  // A remote export's scratch folder is on the hypervisor, out of statfs's reach: libvirt's
+  // figures against --scratch-budget instead, or unguarded (docs/remote.md).
+  if (exp.rec.remote !== undefined) {
+    if (!ctx.opts.scratchBudget) return undefined;
+    const budget = new RemoteScratchBudget<ActiveExport>({
+      virsh: ctx.virsh, budget: ctx.opts.scratchBudget, log: ctx.log,
+      onOver: (e, message) => e.giveUp(new VircptError('NBD_CLOSED', message)),
+    });
+    budget.track(exp);
+    return budget;
+  }
   if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve)) return undefined;
   return new ScratchGuard({
     virsh: ctx.virsh, domain: exp.domain, dir: path.dirname(scratch), reserve, log: ctx.log,
@@ -100,7 +112,7 @@ async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened>
     instance = Instance.of('cli', ctx.dirs);
     rec = await startExport({
       virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
-      instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: ctx.opts.scratchReserve,
+      instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: ctx.opts.scratchReserve, remote: remoteOptions(ctx.opts),
     });
   }
   const exp = new ActiveExport(rec, !!live, ctx.virsh, { connections: NBD_CONNECTIONS });

@@ -2,7 +2,9 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { VircptError, messageOf } from '../errors.js';
 import { DEFAULT_SCRATCH_RESERVE, formatReserve, type ScratchReserve } from '../exports/scratch-guard.js';
-import { parseReserve } from '../fs/options.js';
+import { parseReserve, parseSize } from '../fs/options.js';
+import { DEFAULT_NBD_PORTS, parsePorts, parseTlsMode, type PortRange } from '../exports/remote.js';
+import { DEFAULT_NBD_CERTS, type NbdTlsMode } from '../nbd/tls.js';
 import { makeCtx, type Deps, type GlobalOptions } from './context.js';
 import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
 
@@ -27,6 +29,30 @@ function scratchReserve(value: string): ScratchReserve {
   }
 }
 
+function scratchBudget(value: string): number {
+  try {
+    return parseSize(value, '--scratch-budget');
+  } catch (err) {
+    throw new InvalidArgumentError(messageOf(err));
+  }
+}
+
+function nbdPorts(value: string): PortRange {
+  try {
+    return parsePorts(value, '--nbd-ports');
+  } catch (err) {
+    throw new InvalidArgumentError(messageOf(err));
+  }
+}
+
+function nbdTls(value: string): NbdTlsMode {
+  try {
+    return parseTlsMode(value, '--nbd-tls');
+  } catch (err) {
+    throw new InvalidArgumentError(messageOf(err));
+  }
+}
+
 function checkpointName(value: string): string {
   if (!/^[^/\s][^/]*$/.test(value) || value.length > 255) throw new InvalidArgumentError(`'${value}' is not a valid checkpoint name`);
   return value;
@@ -42,6 +68,12 @@ export function buildProgram(deps: Deps): Command {
     .option('--scratchdir <dir>', 'where backup scratch images go (they can grow up to each disk\'s size)')
     .option('--scratch-reserve <size>', `free space kept where the scratch images go, SIZE or N% (default ${formatReserve(DEFAULT_SCRATCH_RESERVE)}): ` +
       'below it an export is given up before the guest\'s writes could fail, and none starts; 0: off', scratchReserve)
+    .option('--nbd-bind <addr>', 'remote URI: the address QEMU\'s NBD server binds on the hypervisor (default: the URI\'s host)')
+    .option('--nbd-host <addr>', 'remote URI: the address dialled, checked in the server\'s certificate (default: the URI\'s host)')
+    .option('--nbd-ports <from-to>', `remote URI: NBD ports to take from (default ${DEFAULT_NBD_PORTS.from}-${DEFAULT_NBD_PORTS.to})`, nbdPorts)
+    .option('--nbd-tls <mode>', 'remote URI: require, prefer or off (default require; prefer on loopback)', nbdTls)
+    .option('--nbd-certs <dir>', `remote URI: ca-cert.pem client-cert.pem client-key.pem (default ${DEFAULT_NBD_CERTS})`)
+    .option('--scratch-budget <size>', 'remote URI: scratch map/copy\'s own export may use on the hypervisor, by libvirt\'s figures; over it the export is given up (default: unguarded)', scratchBudget)
     .option('-v, --verbose', 'debug log, and stack traces on errors')
     .version(`vircpt ${deps.version}`, '-V, --version', 'print the version')
     .showHelpAfterError('(vircpt --help for usage)')

@@ -1,6 +1,8 @@
 // The vircptfs program: parse, validate, mount, and stay until unmounted or signalled.
 import { VircptError, messageOf } from '../errors.js';
+import { DEFAULT_NBD_PORTS, DEFAULT_REMOTE_SCRATCH } from '../exports/remote.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
+import { DEFAULT_NBD_CERTS } from '../nbd/tls.js';
 import { DEFAULT_SCRATCH_RESERVE, formatReserve, GUARD_POLL_MS } from '../exports/scratch-guard.js';
 import { startFilesystem, type RunningFs } from '../fs/mount.js';
 import { DEFAULTS, parseFsArgs, sourceUri, type FsOptions } from '../fs/options.js';
@@ -42,6 +44,16 @@ Options (-o, comma-separated, repeatable):
                        0400 and 0500, the owner only); the kernel checks these modes
   Accepted and ignored (mount(8)/fstab): defaults ro rw dev nodev suid nosuid exec noexec atime
   noatime relatime auto noauto user users nofail _netdev x-* default_permissions (always on)
+
+Remote hypervisors (qemu+ssh://, qemu+tls://; docs/remote.md):
+  nbd_bind=ADDR        the address QEMU's NBD server binds on the hypervisor (default: the URI's host)
+  nbd_host=ADDR        the address dialled and checked in the server's certificate (default: the URI's host)
+  nbd_ports=FROM-TO    ports the exports take, the next when one is busy (default ${DEFAULT_NBD_PORTS.from}-${DEFAULT_NBD_PORTS.to})
+  nbd_tls=MODE         require, prefer or off (default require; prefer when nbd_host is loopback)
+  nbd_certs=DIR        ca-cert.pem client-cert.pem client-key.pem (default ${DEFAULT_NBD_CERTS})
+  scratch_budget=SIZE  scratch the mount's exports may use on the hypervisor together, by libvirt's
+                       figures: over it the export using the most is given up (EIO); default: unguarded
+  scratch=DIR          there: a folder that exists on the hypervisor (default ${DEFAULT_REMOTE_SCRATCH})
 
 Only root can mount (exports need root). allow_other,gid=vmscan,umask=0027 lets the members of
 group vmscan read, and no one else.

@@ -9,7 +9,8 @@ import type { BlockInfo, DomainDetails } from '../libvirt/domain.js';
 import type { CallOptions, Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
 import type { ExportRecord } from './export.js';
-import { writeRecord } from './export.js';
+import { jobMatches, writeRecord } from './export.js';
+import { freePort as releasePort } from './remote.js';
 import { Instance, instanceAlive, ownerOfPath } from './runtime.js';
 import { assertScratchRoom, DEFAULT_SCRATCH_RESERVE, type ScratchReserve } from './scratch-guard.js';
 
@@ -53,7 +54,7 @@ export async function assertNoJob(virsh: Virsh, instance: Instance, domain: stri
       ? `domain ${domain}: aborting the backup job of an earlier start whose outcome was unknown`
       : `domain ${domain}: aborting the backup job left by crashed instance ${owner}`);
     await abortJob(virsh, domain);
-    await waitJobGone(virsh, domain, job?.socket);
+    await waitJobGone(virsh, domain, (j) => j.socket === job?.socket);
     await new Instance(owner, instance.dirs).cleanup(domain);
     return;
   }
@@ -150,6 +151,7 @@ async function jobStartedAnyway(virsh: Virsh, domain: string, socket: string): P
 export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: ExportRecord, log: Logger): Promise<void> {
   // A failure to ask (not "no job") leaves the record in place, so a later run still ends the job.
   await abortOurJob(virsh, rec);
+  if (rec.remote !== undefined) releasePort(rec.remote.port);
   await instance.cleanup(rec.domain, rec.scratchRoot);
   log.info({ domain: rec.domain, checkpoint: rec.checkpoint }, `export released: ${rec.domain}`);
 }
@@ -157,21 +159,20 @@ export async function stopBackupExport(virsh: Virsh, instance: Instance, rec: Ex
 /** Aborts the record's job if it still runs (its socket is the recorded one) and waits until it
  *  is gone; each libvirt call has the release deadline. */
 export async function abortOurJob(virsh: Virsh, rec: ExportRecord): Promise<void> {
-  const socket = rec.disks[0]?.socket;
   const call = { timeoutMs: RELEASE_CALL_MS };
   const job = await currentJob(virsh, rec.domain, call);
-  if (!job || job.socket !== socket) return;
+  if (!jobMatches(job, rec)) return;
   await abortJob(virsh, rec.domain, call).catch(async (err: unknown) => {
     // It may have ended on its own (domain destroyed), or the abort worked but its answer was
     // lost (a timeout, libvirtd restarting): what counts is whether the job is still there.
     const now = await currentJob(virsh, rec.domain, call).catch(() => job);
-    if (now?.socket === socket) throw err;
+    if (jobMatches(now, rec)) throw err;
   });
-  await waitJobGone(virsh, rec.domain, socket);
+  await waitJobGone(virsh, rec.domain, (j) => jobMatches(j, rec));
 }
 
 /** The domain's backup job; undefined only when libvirt says there is none (or no running domain). */
-async function currentJob(virsh: Virsh, domain: string, opts: CallOptions = { timeoutMs: RELEASE_CALL_MS }): Promise<BackupJob | undefined> {
+export async function currentJob(virsh: Virsh, domain: string, opts: CallOptions = { timeoutMs: RELEASE_CALL_MS }): Promise<BackupJob | undefined> {
   try {
     return await describeBackup(virsh, domain, opts);
   } catch (err) {
@@ -180,11 +181,17 @@ async function currentJob(virsh: Virsh, domain: string, opts: CallOptions = { ti
   }
 }
 
-async function waitJobGone(virsh: Virsh, domain: string, socket: string | undefined): Promise<void> {
+export async function waitJobGone(virsh: Virsh, domain: string, same: (job: BackupJob) => boolean): Promise<void> {
   const deadline = Date.now() + JOB_END_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    const job = await currentJob(virsh, domain).catch(() => ({ socket })); // failed to ask: ask again
-    if (!job || job.socket !== socket) return;
+    let job: BackupJob | undefined;
+    try {
+      job = await currentJob(virsh, domain);
+    } catch {
+      await sleep(50); // failed to ask: ask again
+      continue;
+    }
+    if (!job || !same(job)) return;
     await sleep(50);
   }
   throw new VircptError('TIMEOUT', `domain ${domain}: the backup job did not end within ${JOB_END_TIMEOUT_MS / 1000} s`);

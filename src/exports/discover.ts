@@ -8,9 +8,9 @@ import { describeBackup } from '../libvirt/backup.js';
 import type { Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
 import { stopBackupExport } from './backup-export.js';
-import { readRecord, type ExportRecord } from './export.js';
+import { jobMatches, readRecord, type ExportRecord } from './export.js';
 import { livePid, stopQemuNbdExport } from './qemu-nbd-export.js';
-import { domainDirName, Instance, instanceAlive, type RuntimeDirs } from './runtime.js';
+import { domainDirName, hostId, Instance, instanceAlive, type RuntimeDirs } from './runtime.js';
 
 export interface FoundExport {
   rec: ExportRecord;
@@ -35,6 +35,8 @@ export async function findExports(dirs: RuntimeDirs, domain?: string): Promise<F
     const names = domain === undefined ? await subdirs(path.join(dirs.runDir, id)) : [domainDirName(domain)];
     for (const name of names) {
       const rec = await readRecord(path.join(dirs.runDir, id, name));
+      // A record of another backup server (its host id) is never ours, even on a shared disk.
+      if (rec?.remote !== undefined && rec.remote.hostId !== hostId()) continue;
       if (rec && (domain === undefined || rec.domain === domain)) {
         found.push({ rec, instance, ownerAlive: instanceAlive(id) });
       }
@@ -47,7 +49,7 @@ export async function findExports(dirs: RuntimeDirs, domain?: string): Promise<F
 export async function exportServing(virsh: Virsh, rec: ExportRecord): Promise<boolean> {
   if (rec.kind === 'backup') {
     const job = await describeBackup(virsh, rec.domain).catch(() => undefined);
-    return job !== undefined && job.socket === rec.disks[0]?.socket;
+    return jobMatches(job, rec);
   }
   const pids = await Promise.all(rec.disks.map((d) => (d.pidFile ? livePid(d.pidFile) : undefined)));
   return pids.every((p) => p !== undefined);
@@ -71,7 +73,8 @@ export async function stopExport(virsh: Virsh, f: Pick<FoundExport, 'rec' | 'ins
 export async function cleanupStale(virsh: Virsh, dirs: RuntimeDirs, log: Logger): Promise<number> {
   let n = 0;
   for (const f of await findExports(dirs)) {
-    if (f.ownerAlive) continue;
+    // A remote record names its hypervisor: only a connection to that one may end its job.
+    if (f.ownerAlive || (f.rec.remote !== undefined && f.rec.remote.uri !== virsh.uri)) continue;
     try {
       await stopExport(virsh, f, log);
       n++;

@@ -37,6 +37,32 @@ export interface ExportRecord {
   guard?: { pid: number; startTime: string };
   /** Set by that guard when it gave the export up (ended its job): when and why. */
   gaveUp?: string;
+  /** A remote hypervisor's export: NBD over TCP (disks' `socket` is empty). */
+  remote?: RemoteEndpoint;
+}
+
+/** Where a remote export's NBD server listens, and how to reach it. */
+export interface RemoteEndpoint {
+  /** The libvirt URI the job was started through. */
+  uri: string;
+  /** The address dialled and checked in the server's certificate (nbd_host=). */
+  host: string;
+  port: number;
+  /** The job was started with tls='yes'. */
+  tls: boolean;
+  /** The client certificate folder (libnbd's names). */
+  certs: string;
+  /** The backup server that started it (runtime.ts hostId). */
+  hostId: string;
+}
+
+/** Whether a running backup job (backup-dumpxml) is the one a record describes: the same socket,
+ *  or for a remote export the same port and the same scratch file (named for host and instance). */
+export function jobMatches(job: { socket: string | undefined; port: number | undefined; disks: { scratch: string | undefined }[] } | undefined,
+  rec: ExportRecord): boolean {
+  if (job === undefined) return false;
+  if (rec.remote === undefined) return job.socket === rec.disks[0]?.socket;
+  return job.port === rec.remote.port && job.disks.some((d) => d.scratch !== undefined && d.scratch === rec.disks[0]?.scratch);
 }
 
 export const RECORD_FILE = 'export.json';
@@ -58,6 +84,11 @@ export async function readRecord(domainDir: string): Promise<ExportRecord | unde
 }
 
 /** The NBD URI of one disk of an export, as libnbd tools take it. */
-export function nbdUri(d: Pick<DiskExport, 'socket' | 'exportName'>): string {
+export function nbdUri(d: Pick<DiskExport, 'socket' | 'exportName'>, remote?: RemoteEndpoint): string {
+  if (remote !== undefined) {
+    const host = remote.host.includes(':') ? `[${remote.host}]` : remote.host;
+    const query = remote.tls ? `?tls-certificates=${remote.certs}` : '';
+    return `${remote.tls ? 'nbds' : 'nbd'}://${host}:${remote.port}/${encodeURIComponent(d.exportName)}${query}`;
+  }
   return formatNbdUri({ exportName: d.exportName, socketPath: d.socket });
 }

@@ -15,6 +15,9 @@ import { ActiveExport } from './active-export.js';
 import { findLiveExport, stopExport } from './discover.js';
 import type { Instance } from './runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard, type LowScratch, type ScratchReserve } from './scratch-guard.js';
+import { isRemoteUri } from '../libvirt/uri.js';
+import { RemoteScratchBudget } from './remote-guard.js';
+import type { RemoteOptions } from './remote.js';
 import { startExport } from './start.js';
 
 export interface ExportManagerOptions {
@@ -34,6 +37,10 @@ export interface ExportManagerOptions {
   /** Replace how an export is started and stopped (tests: no libvirt). */
   start?: (domain: string, checkpoint: string) => Promise<ActiveExport>;
   stop?: (exp: ActiveExport) => Promise<void>;
+  /** For a remote URI: NBD over TCP settings. */
+  remote?: RemoteOptions | undefined;
+  /** For a remote URI: scratch bytes its exports may use together (remote-guard.ts); 0/absent: unguarded. */
+  scratchBudget?: number | undefined;
 }
 
 /** Who opened the file that starts an export (the FUSE request context), when known. */
@@ -70,9 +77,14 @@ export class ExportManager {
   readonly #stops = new WeakMap<ActiveExport, Promise<void>>();
   readonly #guards = new WeakMap<ActiveExport, ScratchGuard>();
   #closed: Promise<void> | undefined;
+  readonly #budget: RemoteScratchBudget<ActiveExport> | undefined;
 
   constructor(opts: ExportManagerOptions) {
     this.#o = opts;
+    this.#budget = opts.scratchBudget && isRemoteUri(opts.virsh.uri) ? new RemoteScratchBudget<ActiveExport>({
+      virsh: opts.virsh, budget: opts.scratchBudget, log: opts.log, intervalMs: opts.guardIntervalMs,
+      onOver: (exp, message) => this.#giveUpWith(exp, message),
+    }) : undefined;
   }
 
   #slot(domain: string): DomainSlot {
@@ -180,6 +192,7 @@ export class ExportManager {
 
   async #start(domain: string, checkpointName: string): Promise<ActiveExport> {
     await this.#slot(domain).stopping;
+    this.#budget?.assertRoom(domain);
     return this.#o.start ? this.#o.start(domain, checkpointName) : this.#startWithLibvirt(domain, checkpointName);
   }
 
@@ -194,7 +207,8 @@ export class ExportManager {
     const targets = checkpoint.disks.filter((d) => d.checkpoint === 'bitmap').map((d) => d.target);
     try {
       const rec = await startExport({ virsh, log, domain: dom, sizes, checkpoint, targets, instance: this.#o.instance,
-        scratchRoot: this.#o.scratchRoot, scratchReserve: this.#o.scratchReserve, freeze: this.#o.freeze ?? true, job: dom.active ? job : undefined });
+        scratchRoot: this.#o.scratchRoot, scratchReserve: this.#o.scratchReserve, freeze: this.#o.freeze ?? true, job: dom.active ? job : undefined,
+        remote: this.#o.remote });
       return this.#guarded(new ActiveExport(rec, false, virsh, this.#diskOptions()));
     } catch (err) {
       // Another instance of ours (a `vircpt export`, another mount) already serves it: read through.
@@ -210,6 +224,12 @@ export class ExportManager {
   #guarded(exp: ActiveExport): ActiveExport {
     const scratch = exp.rec.disks[0]?.scratch;
     const reserve = this.#o.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
+    // A remote export's scratch folder is on the hypervisor, out of statfs's reach: libvirt's
+    // figures against scratch_budget instead (remote-guard.ts), or unguarded without one.
+    if (exp.rec.remote !== undefined) {
+      this.#budget?.track(exp);
+      return exp;
+    }
     if (exp.rec.kind !== 'backup' || !scratch || guardOff(reserve)) return exp;
     this.#guards.set(exp, new ScratchGuard({
       virsh: this.#o.virsh, domain: exp.domain, dir: path.dirname(scratch), reserve, log: this.#o.log,
@@ -220,7 +240,11 @@ export class ExportManager {
 
   /** Space runs low: readers get EIO at once, and the export is stopped the usual way (its job aborted). */
   #giveUp(exp: ActiveExport, report: LowScratch): void {
-    this.#o.log.error({ domain: exp.domain }, describeLow(report));
+    this.#giveUpWith(exp, describeLow(report));
+  }
+
+  #giveUpWith(exp: ActiveExport, message: string): void {
+    this.#o.log.error({ domain: exp.domain }, message);
     exp.giveUp(new VircptError('NBD_CLOSED', `the export of ${exp.domain} was given up: its scratch space ran low`));
     this.#forget(this.#slot(exp.domain), exp);
   }
@@ -231,6 +255,7 @@ export class ExportManager {
 
   async #stop(exp: ActiveExport): Promise<void> {
     this.#guards.get(exp)?.stop();
+    this.#budget?.untrack(exp);
     await exp.close();
     if (exp.borrowed) return;
     try {
@@ -247,6 +272,7 @@ export class ExportManager {
   }
 
   async #closeAll(): Promise<void> {
+    this.#budget?.stop();
     const all: Promise<void>[] = [...this.#stopping];
     for (const slot of this.#slots.values()) {
       clearTimeout(slot.idle);

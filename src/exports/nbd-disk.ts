@@ -2,7 +2,7 @@
 // where the server allows multi-conn) that is also the block cache's BlockSource.
 import type { BlockSource, Extent as CacheExtent } from '../cache/index.js';
 import { VircptError } from '../errors.js';
-import { NbdPool, NBD_STATE_ZERO, type Extent } from '../nbd/index.js';
+import { NbdPool, NBD_STATE_ZERO, type ConnectionOptions, type Extent } from '../nbd/index.js';
 import type { DiskExport, ExportRecord } from './export.js';
 
 export const BASE_ALLOCATION = 'base:allocation';
@@ -12,6 +12,14 @@ export interface NbdDiskOptions {
   connections?: number;
   requestTimeoutMs?: number;
   signal?: AbortSignal;
+}
+
+/** Where a disk's NBD server listens: our Unix socket, or the remote hypervisor's TCP port. */
+export function whereToConnect(rec: ExportRecord, disk: DiskExport): ConnectionOptions {
+  const remote = rec.remote;
+  if (remote === undefined) return { socketPath: disk.socket };
+  // An export started with tls='yes' is read over TLS or not at all.
+  return { host: remote.host, port: remote.port, tls: { mode: remote.tls ? 'require' : 'off', certs: remote.certs } };
 }
 
 export class NbdDisk implements BlockSource {
@@ -31,7 +39,7 @@ export class NbdDisk implements BlockSource {
 
   static async open(rec: ExportRecord, disk: DiskExport, opts: NbdDiskOptions = {}): Promise<NbdDisk> {
     const pool = await NbdPool.connect({
-      socketPath: disk.socket,
+      ...whereToConnect(rec, disk),
       exportName: disk.exportName,
       metaContexts: [BASE_ALLOCATION, ...Object.values(disk.dirtyContexts)],
       connections: opts.connections ?? 2,

@@ -127,3 +127,21 @@ export function ownerOfPath(dirs: RuntimeDirs, p: string | undefined): string | 
   if (rel.startsWith('..') || path.isAbsolute(rel)) return undefined;
   return rel.split(path.sep)[0];
 }
+
+/**
+ * This machine's identity among the backup servers that use one hypervisor: the first 12 hex
+ * digits of /etc/machine-id. A remote export carries it (in its scratch file names), so a server
+ * never takes another server's job for one of its own dead instances. VIRCPTFS_HOST_ID replaces
+ * it, for tests only (two "hosts" on one machine).
+ */
+export function hostId(env: NodeJS.ProcessEnv = process.env): string {
+  const forced = env.VIRCPTFS_HOST_ID;
+  if (forced !== undefined && /^[a-z0-9]{1,32}$/.test(forced)) return forced;
+  try {
+    const id = readFileSync('/etc/machine-id', 'utf8').trim().toLowerCase();
+    if (/^[0-9a-f]{12,}$/.test(id)) return id.slice(0, 12);
+  } catch {
+    // no machine-id (a minimal container): fall through
+  }
+  return 'nohostid';
+}

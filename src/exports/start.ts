@@ -8,6 +8,9 @@ import type { Logger } from '../log.js';
 import { startBackupExport } from './backup-export.js';
 import type { ExportRecord } from './export.js';
 import { startQemuNbdExport } from './qemu-nbd-export.js';
+import { isRemoteUri } from '../libvirt/uri.js';
+import { remoteTarget, type RemoteOptions } from './remote.js';
+import { startRemoteBackupExport } from './remote-export.js';
 import type { Instance } from './runtime.js';
 import type { ScratchReserve } from './scratch-guard.js';
 
@@ -26,6 +29,8 @@ export interface StartExportOptions {
   freeze?: boolean;
   /** The domain's job state (domjobinfo), when asked for alongside the other look-ups. */
   job?: Promise<JobInfo> | undefined;
+  /** For a remote URI: NBD over TCP settings (nbd_bind=, nbd_host=, nbd_ports=, nbd_tls=, nbd_certs=). */
+  remote?: RemoteOptions | undefined;
 }
 
 /** The wanted disks that carry the checkpoint's bitmap (others are warned about). */
@@ -41,21 +46,22 @@ export function disksOfCheckpoint(o: Pick<StartExportOptions, 'checkpoint' | 'ta
   return out;
 }
 
+export { isRemoteUri };
+
 /**
  * A running (or paused) domain gets a pull-mode backup job with the checkpoint as incremental
- * base; a shut-off one gets qemu-nbd per disk with every checkpoint's bitmap.
+ * base; a shut-off one gets qemu-nbd per disk with every checkpoint's bitmap. Through a remote
+ * URI the job's NBD server listens on TCP (TLS) on the hypervisor.
  */
-/** A URI naming a host (qemu+ssh://host/system) reaches a remote libvirt. */
-export function isRemoteUri(uri: string): boolean {
-  return /^[a-z][a-z0-9+]*:\/\/[^/]/i.test(uri);
-}
-
 export async function startExport(o: StartExportOptions): Promise<ExportRecord> {
   if (isRemoteUri(o.virsh.uri)) {
-    // The export's Unix socket would be on the remote host; NBD over TCP/TLS is the way there.
-    throw new VircptError('UNSUPPORTED',
-      `domain ${o.domain.name}: exports over a remote connection (${o.virsh.uri}) need NBD over TCP, which is not implemented yet; ` +
-      'listing works, reading does not');
+    if (!o.domain.active) {
+      throw new VircptError('UNSUPPORTED',
+        `domain ${o.domain.name} is shut off on the remote hypervisor (${o.virsh.uri}): its disks could only be served by qemu-nbd ` +
+        'on that host, which vircptfs does not run; start the domain (paused is enough) to read it');
+    }
+    const targets = disksOfCheckpoint(o);
+    return startRemoteBackupExport({ ...o, checkpoint: o.checkpoint.name, targets, remote: remoteTarget(o.virsh.uri, o.remote) });
   }
   const targets = disksOfCheckpoint(o);
   if (o.domain.active) {

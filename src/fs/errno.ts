@@ -57,12 +57,13 @@ export const ERRNO_TABLE: Readonly<Record<ErrorCode, ErrnoRow>> = {
   NBD_SERVER_ERROR: { errno: 'server', meaning: 'the NBD server failed the request: its own errno (EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP) is passed through; ESHUTDOWN (the server is going away) and anything else is EIO' },
   NBD_PROTOCOL: { errno: EIO, meaning: 'the NBD server broke the protocol: that connection is dropped' },
   NBD_UNSUPPORTED: { errno: EIO, meaning: 'the NBD server lacks something reading needs (a dirty bitmap context)' },
+  NBD_TLS: { errno: EACCES, meaning: 'at open: NBD over TLS to a remote hypervisor could not be set up (a certificate not trusted or missing, the dialled name not in the server\'s certificate, a host without backup TLS): the log says which; fix nbd_certs=, nbd_host= or the host\'s qemu.conf' },
   TIMEOUT: { errno: EIO, meaning: 'an internal deadline passed (an NBD request or libvirt call that did not answer)' },
   ABORTED: { errno: EINTR, meaning: 'the reader interrupted the read (a signal): retry it' },
   LIBVIRT: { errno: EIO, meaning: 'libvirt refused or failed (its words are in the log)' },
   AGENT_UNAVAILABLE: { errno: EIO, meaning: 'the guest agent did not answer' },
   CHECKPOINT_EXISTS: { errno: EEXIST, meaning: 'a checkpoint of that name exists (vircpt only)' },
-  UNSUPPORTED: { errno: ENOTSUP, meaning: 'not possible on this connection (reading a remote domain needs NBD over TCP, not implemented)' },
+  UNSUPPORTED: { errno: ENOTSUP, meaning: 'not possible on this connection (a shut-off domain of a remote hypervisor: its disks would need qemu-nbd on that host)' },
   IO: { errno: EIO, meaning: 'an input/output failure' },
 };
 

@@ -51,7 +51,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   const instance = Instance.of('fs', dirs);
   const manager = new ExportManager({
     virsh, instance, log: log.child({ c: 'exports' }), idleMs: o.idleSeconds * 1000, scratchRoot: o.scratch,
-    scratchReserve: o.scratchReserve, freeze: o.freeze,
+    scratchReserve: o.scratchReserve, freeze: o.freeze, remote: o.remote, scratchBudget: o.scratchBudget,
   });
   // The kernel's read-ahead requests reach us out of order by up to about three times its
   // window (reader.ts); a larger readahead= needs a larger slack to stay one stream.

@@ -2,6 +2,7 @@
 // validated before anything is mounted: an unknown option must not leave a dead mount behind.
 import { execFileSync } from 'node:child_process';
 import { VircptError } from '../errors.js';
+import { parsePorts, parseTlsMode, type RemoteOptions } from '../exports/remote.js';
 import { DEFAULT_SCRATCH_RESERVE, type ScratchReserve } from '../exports/scratch-guard.js';
 
 export interface FsOptions {
@@ -29,6 +30,10 @@ export interface FsOptions {
   directIo: boolean;
   /** Daemon log file. */
   logFile: string | undefined;
+  /** A remote hypervisor's NBD over TCP: nbd_bind=, nbd_host=, nbd_ports=, nbd_tls=, nbd_certs=. */
+  remote: RemoteOptions;
+  /** A remote hypervisor: scratch bytes the mount's exports may use there together (0: unguarded). */
+  scratchBudget: number;
 }
 
 export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024, umask: 0o077 } as const;
@@ -123,6 +128,12 @@ function applyOption(o: FsOptions, opt: string): void {
     case 'uid': o.uid = parseId(need(), key); return;
     case 'gid': o.gid = parseId(need(), key); return;
     case 'umask': o.umask = parseUmask(need()); return;
+    case 'nbd_bind': o.remote.bind = need(); return;
+    case 'nbd_host': o.remote.host = need(); return;
+    case 'nbd_ports': o.remote.ports = parsePorts(need(), key); return;
+    case 'nbd_tls': o.remote.tls = parseTlsMode(need(), key); return;
+    case 'nbd_certs': o.remote.certs = need(); return;
+    case 'scratch_budget': o.scratchBudget = parseSize(need(), key); return;
     default:
       if (IGNORED.has(key) || key.startsWith('x-') || key.startsWith('comment=')) return;
       throw usage(`unknown option: ${opt}`);
@@ -134,7 +145,7 @@ export function parseFsArgs(argv: readonly string[]): FsOptions {
   const o: FsOptions = {
     source: '', mountpoint: '', foreground: false, debug: false, domains: [], cacheBytes: DEFAULTS.cacheBytes,
     idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true,
-    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, directIo: false, logFile: undefined,
+    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, directIo: false, logFile: undefined, remote: {}, scratchBudget: 0,
   };
   const positional: string[] = [];
   for (let i = 0; i < argv.length; i++) {

@@ -30,7 +30,10 @@ export interface BackupJob {
 
 export interface BackupRequest {
   incremental?: string;
-  socket: string;
+  /** A Unix socket on this host, or `tcp` for a remote hypervisor's NBD server. */
+  socket?: string;
+  /** TCP: the address QEMU binds on the hypervisor, the port, and whether TLS is demanded. */
+  tcp?: { name: string; port: number; tls: boolean };
   disks: { target: string; scratch: string }[];
   /** Disks of the domain not to export. */
   skip: string[];
@@ -67,7 +70,9 @@ export function backupXml(req: BackupRequest): string {
     domainbackup: {
       '@mode': 'pull',
       ...(req.incremental ? { incremental: req.incremental } : {}),
-      server: { '@transport': 'unix', '@socket': req.socket },
+      server: req.tcp !== undefined
+        ? { '@transport': 'tcp', '@name': req.tcp.name, '@port': String(req.tcp.port), '@tls': req.tcp.tls ? 'yes' : 'no' }
+        : { '@transport': 'unix', '@socket': req.socket },
       disks: { disk: disks },
     },
   });

@@ -14,10 +14,11 @@
 
 import net from 'node:net';
 import { VircptError } from '../errors.js';
-import { NBD_CMD_DISC, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_OPT_ABORT, NBD_REP_ACK, NBD_REP_FLAG_ERROR } from './constants.js';
+import { NBD_CMD_DISC, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_OPT_ABORT, NBD_OPT_STARTTLS, NBD_REP_ACK, NBD_REP_ERR_POLICY, NBD_REP_ERR_UNSUP, NBD_REP_FLAG_ERROR } from './constants.js';
 import { encodeClientFlags, encodeOption, encodeRequest } from './codec.js';
 import { closedError } from './errors.js';
 import { NbdParser, type ParserEvent, type ReplyTarget } from './parser.js';
+import { loadCredentials, secureSocket, tlsError, type NbdTlsOptions, type TlsCredentials } from './tls.js';
 
 export interface SocketTarget { socketPath?: string; host?: string; port?: number }
 
@@ -29,6 +30,8 @@ export interface ConnectionOptions extends SocketTarget {
   signal?: AbortSignal;
   /** Read into the destination buffer via `onread` (default); false feeds bytes from 'data' events. */
   onread?: boolean;
+  /** NBD over TLS (TCP only): STARTTLS before any other option; off when absent. */
+  tls?: NbdTlsOptions | undefined;
 }
 
 export interface OptionReply { reply: number; data: Buffer }
@@ -65,7 +68,12 @@ function abortedError(signal: AbortSignal, what: string): VircptError {
 
 export class NbdConnection {
   #handshakeFlags = 0;
-  readonly #socket: net.Socket;
+  #socket: net.Socket;
+  /** The TCP socket under TLS (the same as #socket without TLS). */
+  readonly #raw: net.Socket;
+  #secure = false;
+  #socketError: Error | undefined;
+  readonly #onData = (chunk: Buffer): void => this.#parser.push(chunk);
   readonly #parser: NbdParser;
   readonly #requestTimeoutMs: number;
   readonly #inFlight = new Map<number, Request>();
@@ -81,10 +89,15 @@ export class NbdConnection {
   #corked = false;
   #drained: (() => void) | undefined;
   readonly #closed: Promise<void>;
+  #onClose: (unused: undefined) => void = () => {};
   readonly #disarm: () => void;
 
   /** Connects and completes the greeting; the connection is then in the option phase. */
   static async open(options: ConnectionOptions): Promise<NbdConnection> {
+    const tlsWanted = options.tls !== undefined && options.tls.mode !== 'off';
+    if (tlsWanted && options.socketPath !== undefined) throw tlsError('TLS is for TCP connections (host and port), not Unix sockets');
+    // Before connecting: a missing certificate is a configuration error, not a server's.
+    const credentials = tlsWanted ? loadCredentials(options.tls!.certs) : undefined;
     const conn = new NbdConnection(options);
     const handshakeFlags = await conn.#expect<number>();
     if (!(handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE)) {
@@ -95,26 +108,71 @@ export class NbdConnection {
     // proto.md "Client flags": set only what the server offered (same bit positions).
     const offered = handshakeFlags & (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
     conn.#socket.write(encodeClientFlags(offered & (NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)));
+    if (credentials !== undefined) {
+      try {
+        await conn.#startTls(options.tls!, options.host ?? 'localhost', credentials);
+      } catch (err) {
+        conn.destroy(err instanceof VircptError ? err : undefined);
+        throw err;
+      }
+    }
     return conn;
+  }
+
+  /** Whether the connection runs over TLS. */
+  get secure(): boolean { return this.#secure; }
+
+  /** NBD_OPT_STARTTLS, then the TLS handshake on the same socket. Under `prefer`, a server without
+   *  TLS (NBD_REP_ERR_UNSUP or _POLICY, QEMU's "TLS not configured") leaves plaintext. */
+  async #startTls(o: NbdTlsOptions, host: string, credentials: TlsCredentials): Promise<void> {
+    const result = await this.option(NBD_OPT_STARTTLS);
+    const reply = result.final.reply;
+    if (reply !== NBD_REP_ACK) {
+      if (o.mode === 'prefer' && (reply === NBD_REP_ERR_UNSUP || reply === NBD_REP_ERR_POLICY)) return;
+      const said = result.final.data.toString('utf8');
+      throw tlsError(`the NBD server at ${host} does not offer TLS (reply 0x${reply.toString(16)}${said ? `: ${said}` : ''}) and nbd_tls=require`);
+    }
+    // The TLS socket takes the TCP socket's handle; bytes read from then on are TLS records.
+    this.#raw.removeListener('data', this.#onData);
+    const { secure, handshake } = secureSocket({ socket: this.#raw, host, credentials });
+    secure.on('error', (err) => { this.#socketError = err; }); // the close handler reports it
+    secure.once('close', () => this.#onClose(undefined));
+    this.#socket = secure;
+    await Promise.race([handshake, this.#closed.then(() => { throw this.#failure; })]).catch((err: unknown) => {
+      secure.destroy();
+      throw err;
+    });
+    secure.on('data', this.#onData);
+    this.#secure = true;
   }
 
   private constructor(options: ConnectionOptions) {
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
     this.#parser = new NbdParser({ lookup: (cookie) => this.#inFlight.get(cookie), onEvent: (e) => this.#onEvent(e) });
-    const onread = options.onread === false ? undefined : {
+    // TLS sockets have no `onread`: with TLS, bytes come from 'data' events.
+    const plain = options.onread === false || (options.tls !== undefined && options.tls.mode !== 'off');
+    const onread = plain ? undefined : {
       buffer: () => this.#nextBuffer(),
       callback: (n: number, buf: Uint8Array) => this.#onRead(n, buf),
     };
     const where = options.socketPath !== undefined
       ? { path: options.socketPath } : { host: options.host ?? 'localhost', port: options.port ?? 10809 };
     this.#socket = net.connect({ ...where, onread });
-    if (onread === undefined) this.#socket.on('data', (chunk: Buffer) => this.#parser.push(chunk));
-    let socketError: Error | undefined;
-    this.#socket.on('error', (err) => { socketError = err; });
-    this.#closed = new Promise((resolve) => this.#socket.once('close', () => {
-      this.#fail(closedError(`NBD connection closed${socketError ? `: ${socketError.message}` : ''}`, socketError));
-      resolve();
-    }));
+    this.#raw = this.#socket;
+    if (onread === undefined) this.#socket.on('data', this.#onData);
+    this.#socket.on('error', (err) => { this.#socketError = err; });
+    this.#closed = new Promise((resolve) => {
+      this.#onClose = () => {
+        const socketError = this.#socketError;
+        const detail = socketError ? `: ${socketError.message}` : '';
+        // TLS 1.3: the server judges our certificate after the handshake, and says no by closing.
+        this.#fail(this.#secure && !this.#transmission
+          ? tlsError(`the server closed the connection right after the TLS handshake${detail}; it may not trust the client certificate in ${options.tls?.certs}`, socketError)
+          : closedError(`NBD connection closed${detail}`, socketError));
+        resolve();
+      };
+      this.#socket.once('close', () => this.#onClose(undefined));
+    });
     this.#disarm = this.#armHandshake(options);
   }
 
@@ -277,6 +335,7 @@ export class NbdConnection {
   destroy(error?: VircptError): void {
     this.#fail(error ?? closedError('NBD connection destroyed'));
     this.#socket.destroy();
+    this.#raw.destroy();
   }
 
   /** Waits for requests in flight, then disconnects softly (NBD_CMD_DISC / NBD_OPT_ABORT). */

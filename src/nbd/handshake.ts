@@ -6,11 +6,12 @@
 import { VircptError } from '../errors.js';
 import {
   NBD_DEFAULT_MAX_PAYLOAD, NBD_INFO_BLOCK_SIZE, NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT,
-  NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_INFO, NBD_REP_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_TLS_REQD, NBD_REP_INFO, NBD_REP_META_CONTEXT,
 } from './constants.js';
 import { decodeInfo, decodeMetaContext, encodeGoData, encodeMetaContextData } from './codec.js';
 import type { NbdConnection, OptionResult } from './connection.js';
 import { NbdMetaContextError, NbdOptionError, protocolError } from './errors.js';
+import { tlsError } from './tls.js';
 
 export interface ExportEntry { name: string; description: string }
 
@@ -24,10 +25,16 @@ export interface ExportInfo {
   contexts: ReadonlyMap<string, number>;
 }
 
+/** The server answers options with NBD_REP_ERR_TLS_REQD: it serves only over TLS. */
+function tlsRequired(): VircptError {
+  return tlsError('the NBD server demands TLS, and this connection has it off (nbd_tls=off): use nbd_tls=require with nbd_certs=DIR');
+}
+
 /** proto.md "Size constraints": what holds when the server advertises nothing. */
 const DEFAULT_BLOCK_SIZE: BlockSize = { minimum: 1, preferred: 4096, maximum: NBD_DEFAULT_MAX_PAYLOAD };
 
 export function checked(result: OptionResult, option: number, what: string): OptionResult {
+  if (result.final.reply === NBD_REP_ERR_TLS_REQD) throw tlsRequired();
   if (result.final.reply !== NBD_REP_ACK) {
     throw new NbdOptionError(option, result.final.reply, result.final.data.toString('utf8'), what);
   }
@@ -36,6 +43,7 @@ export function checked(result: OptionResult, option: number, what: string): Opt
 
 export async function structuredReplies(conn: NbdConnection): Promise<void> {
   const result = await conn.option(NBD_OPT_STRUCTURED_REPLY);
+  if (result.final.reply === NBD_REP_ERR_TLS_REQD) throw tlsRequired();
   if (result.final.reply !== NBD_REP_ACK) {
     const cause = new NbdOptionError(NBD_OPT_STRUCTURED_REPLY, result.final.reply, result.final.data.toString('utf8'), 'structured replies');
     throw new VircptError('NBD_UNSUPPORTED', 'NBD server does not offer structured replies, which this client requires', { cause });

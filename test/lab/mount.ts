@@ -22,6 +22,8 @@ export interface MountOptions {
   readyTimeoutMs?: number;
   /** -d: the debug log (every virsh call) on stderr. */
   debug?: boolean;
+  /** Extra environment (VIRCPTFS_HOST_ID: a second "backup server" on this machine). */
+  env?: Record<string, string>;
 }
 
 export interface ChildExit {
@@ -159,7 +161,7 @@ export async function mountFs(o: MountOptions = {}): Promise<FsMount> {
   await requireTools('fusermount3', 'virsh');
   const dir = o.dir ?? (await freshMountpoint());
   const child = execa(process.execPath, [VIRCPTFS, ...fsArgs(dir, o)], {
-    reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', env: { LC_ALL: 'C' }, cleanup: true,
+    reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', env: { LC_ALL: 'C', ...o.env }, cleanup: true,
   });
   const m = new FsMount(dir, child);
   try {

@@ -144,6 +144,38 @@ export async function startQemuNbd(options: QemuNbdOptions): Promise<NbdServer> 
   };
 }
 
+export interface QemuNbdTcpOptions {
+  image: string;
+  format?: string;
+  /** A loopback address to bind (127.0.0.x). */
+  host: string;
+  /** QEMU's server certificate folder (ca-cert.pem server-cert.pem server-key.pem); plaintext without. */
+  tlsDir?: string;
+  exportName?: string;
+}
+
+/** qemu-nbd on HOST:PORT (a free port), with TLS when tlsDir is given. */
+export async function startQemuNbdTcp(o: QemuNbdTcpOptions): Promise<NbdServer & { host: string; port: number }> {
+  requireTool('qemu-nbd', 'qemu-utils');
+  const tmp = await makeTempDir('vircpt-qemu-nbd-tcp');
+  const pidFile = path.join(tmp.path, 'qemu-nbd.pid');
+  const port = await freePort();
+  const exportName = o.exportName ?? 'disk';
+  const creds = o.tlsDir ? ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${o.tlsDir}`, '--tls-creds', 'tls0'] : [];
+  try {
+    await execFileP('qemu-nbd', ['-r', '-f', o.format ?? 'raw', '-x', exportName, '-b', o.host, '-p', String(port), '-e', '0',
+      '--persistent', '--fork', '--pid-file', pidFile, ...creds, o.image]);
+  } catch (err) {
+    await tmp.remove();
+    throw err;
+  }
+  const pid = Number((await readFile(pidFile, 'utf8')).trim());
+  return {
+    pid, exportName, host: o.host, port, dir: tmp.path, uri: formatNbdUri({ exportName, host: o.host, port, tls: !!o.tlsDir }),
+    stop: async () => { await killPid(pid); await tmp.remove(); },
+  };
+}
+
 /** One step in building a test image: add a persistent bitmap, or qemu-io commands. */
 export type ImageStep = { bitmap: string } | { io: string[] };
 

@@ -9,11 +9,12 @@ import { getCheckpoint } from '../../libvirt/checkpoint.js';
 import { findExports, findLiveExport, stopExport } from '../../exports/discover.js';
 import { nbdUri, readRecord, type ExportRecord } from '../../exports/export.js';
 import { assertNoJob } from '../../exports/backup-export.js';
-import { Instance, instanceAlive, ownerOfPath, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
+import { remoteOwner } from '../../exports/remote-export.js';
+import { hostId, Instance, instanceAlive, ownerOfPath, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, guardOff } from '../../exports/scratch-guard.js';
 import { endWatcher, startWatcher } from '../../exports/scratch-watcher.js';
 import { startExport } from '../../exports/start.js';
-import { printJson, selectDisks, type Ctx } from '../context.js';
+import { printJson, remoteOptions, selectDisks, type Ctx } from '../context.js';
 
 export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<void> {
   const sel = await selectDisks(ctx);
@@ -26,10 +27,10 @@ export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<
   const reserve = ctx.opts.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
   let rec = await startExport({
     virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
-    instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: reserve,
+    instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: reserve, remote: remoteOptions(ctx.opts),
   });
   const scratch = rec.disks[0]?.scratch;
-  if (rec.kind === 'backup' && scratch && !guardOff(reserve)) {
+  if (rec.kind === 'backup' && scratch && !guardOff(reserve) && rec.remote === undefined) {
     // The export outlives this command: its scratch guard is a process of its own. No guard, no export.
     const domainDir = instance.domainDir(rec.domain);
     try {
@@ -41,13 +42,20 @@ export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<
     rec = (await readRecord(domainDir)) ?? rec;
   }
   if (json) return printJson(ctx, rec);
-  ctx.stdout(describeExport(rec, name, await whoCanConnect(rec.disks[0]!.socket)));
+  ctx.stdout(describeExport(rec, name, rec.remote ? remoteAccess(rec.remote) : await whoCanConnect(rec.disks[0]!.socket)));
 }
 
 /**
  * Who can connect to an export's socket, from its folder as it is now: a Unix socket needs
  * search permission on its folder (and write on itself), and root passes every check.
  */
+/** A remote export listens on the hypervisor's network: who gets in is the CA's (and the firewall's) say. */
+export function remoteAccess(r: NonNullable<ExportRecord['remote']>): string {
+  return r.tls
+    ? `Who can connect: whoever reaches port ${r.port} on the hypervisor and holds a client certificate of the CA of its backup_tls_x509_cert_dir.`
+    : `Who can connect: whoever reaches port ${r.port} on the hypervisor (no TLS: plaintext, no client check).`;
+}
+
 export async function whoCanConnect(socket: string): Promise<string> {
   const dir = path.dirname(socket);
   const st = await stat(dir);
@@ -70,9 +78,10 @@ export function describeExport(rec: ExportRecord, checkpoint: string, access: st
   const how = rec.kind === 'backup' ? 'backup job' : 'shut off: qemu-nbd, all checkpoint bitmaps';
   const lines = [`exported ${rec.domain} at checkpoint ${checkpoint} (${how}); point in time ${rec.startedAt}`];
   for (const d of rec.disks) {
-    lines.push(`  ${d.target}: ${nbdUri(d)}  size ${d.size}  dirty context ${d.dirtyContexts[checkpoint] ?? '-'}`);
+    lines.push(`  ${d.target}: ${nbdUri(d, rec.remote)}  size ${d.size}  dirty context ${d.dirtyContexts[checkpoint] ?? '-'}`);
   }
   const d = rec.disks[0]!;
+  if (rec.remote !== undefined) return describeRemote(rec, checkpoint, [...lines, access]);
   const uri = nbdUri(d);
   lines.push(
     access,
@@ -85,6 +94,27 @@ export function describeExport(rec: ExportRecord, checkpoint: string, access: st
     `  mkdir -p /tmp/${d.target} && nbdfuse -r /tmp/${d.target}/disk.raw '${uri}' &   # then losetup -r -f --show /tmp/${d.target}/disk.raw`,
     ...(rec.guard ? [`A scratch guard (pid ${rec.guard.pid}) ends the backup job if free space under ${path.dirname(d.scratch ?? '')} falls below the reserve.`] : []),
     `Release it with: vircpt -d ${rec.domain} release`,
+    '',
+  );
+  return lines.join('\n');
+}
+
+/** A remote export: nbds:// URIs with libnbd's tls-certificates=, QEMU's tls-creds-x509 object. */
+function describeRemote(rec: ExportRecord, checkpoint: string, lines: string[]): string {
+  const r = rec.remote!;
+  const d = rec.disks[0]!;
+  const uri = nbdUri(d, r);
+  const list = nbdUri({ socket: '', exportName: '' }, r);
+  const obj = r.tls ? `--object tls-creds-x509,id=tls0,endpoint=client,dir=${r.certs} ` : '';
+  const opts = `driver=nbd,server.type=inet,server.host=${r.host},server.port=${r.port},export=${d.exportName}${r.tls ? ',tls-creds=tls0' : ''}`;
+  lines.push(
+    '',
+    `The NBD server runs on the hypervisor, port ${r.port}${r.tls ? `, TLS with the certificates of ${r.certs}` : ', without TLS'}. Try:`,
+    `  nbdinfo --list '${list}'`,
+    `  nbdinfo --map=${d.dirtyContexts[checkpoint] ?? 'base:allocation'} '${uri}'`,
+    `  nbdcopy '${uri}' ${d.target}.raw`,
+    `  qemu-img convert ${obj}--image-opts '${opts}' -O raw ${d.target}.raw`,
+    `Release it with: vircpt -U '${r.uri}' -d ${rec.domain} release`,
     '',
   );
   return lines.join('\n');
@@ -115,7 +145,11 @@ export async function releaseCmd(ctx: Ctx): Promise<void> {
   const info = await jobInfo(ctx.virsh, domain).catch(() => undefined);
   if (info && info.type !== 'None') {
     const job = info.operation === 'Backup' ? await describeBackup(ctx.virsh, domain) : undefined;
-    const owner = ownerOfPath(ctx.dirs, job?.socket);
+    const other = remoteOwner(job);
+    if (other !== undefined && other.host !== hostId()) {
+      throw new VircptError('JOB_ACTIVE', `domain ${domain} is exported by vircptfs on another backup server (host ${other.host}); refusing to touch it`);
+    }
+    const owner = ownerOfPath(ctx.dirs, job?.socket) ?? other?.instance;
     if (owner && !instanceAlive(owner)) {
       await assertNoJob(ctx.virsh, Instance.of('cli', ctx.dirs), domain, ctx.log, Promise.resolve(info)); // ends it
       ctx.stdout(`released the backup job of ${domain} left by instance ${owner}, which is no longer running\n`);

@@ -2,6 +2,7 @@
 import { VircptError } from '../../errors.js';
 import { findLiveExport } from '../../exports/discover.js';
 import { nbdUri } from '../../exports/export.js';
+import { whereToConnect } from '../../exports/nbd-disk.js';
 import { NbdClient } from '../../nbd/index.js';
 import { printJson, type Ctx } from '../context.js';
 
@@ -13,10 +14,10 @@ export async function infoCmd(ctx: Ctx, json: boolean): Promise<void> {
   const { rec } = live;
   const disks = [];
   for (const d of rec.disks) {
-    const client = await NbdClient.connect({ socketPath: d.socket, exportName: d.exportName, metaContexts: ['base:allocation', ...Object.values(d.dirtyContexts)], signal: ctx.signal });
+    const client = await NbdClient.connect({ ...whereToConnect(rec, d), exportName: d.exportName, metaContexts: ['base:allocation', ...Object.values(d.dirtyContexts)], signal: ctx.signal });
     try {
       disks.push({
-        target: d.target, uri: nbdUri(d), exportName: d.exportName, size: client.size,
+        target: d.target, uri: nbdUri(d, rec.remote), exportName: d.exportName, size: client.size,
         contexts: [...client.contexts.keys()], dirtyContexts: d.dirtyContexts,
         blockSize: client.blockSize, readOnly: client.readOnly, canMultiConn: client.canMultiConn,
         transmissionFlags: client.transmissionFlags,
