@@ -34,8 +34,7 @@ typedef struct session {
   struct slots slots;  // requests JavaScript has not answered yet
   struct watchdog watchdog;
   struct writers writers;
-  napi_ref on_written; // function (token): a reply's buffer is free again
-  int open_handles;    // libuv handles (poll, writers' async) not yet closed
+  int open_handles;    // libuv handles not yet closed
   int polling;         // the uv_poll handle is initialised and not yet closed
   int ended;           // the session's loop is over (ENODEV, error, or stop())
   int end_status;

@@ -254,6 +254,41 @@ static napi_value ReplyLseek(napi_env env, napi_callback_info info) {
   return answered;
 }
 
+// written(session, out): the tokens of replies the writer threads have written since the last
+// call, at most out.length of them (a Float64Array), in out; returns how many. Those not taken
+// stay for the next call.
+static napi_value Written(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_of(env, argv[0]);
+  if (!s) return NULL;
+  napi_typedarray_type type;
+  size_t capacity = 0;
+  void *data = NULL;
+  if (argc < 2 || napi_get_typedarray_info(env, argv[1], &type, &capacity, &data, NULL, NULL) != napi_ok ||
+      type != napi_float64_array) {
+    napi_throw_type_error(env, NULL, "vircptfs addon: written(session, Float64Array)");
+    return NULL;
+  }
+  double *out = data;
+  size_t n = 0;
+  struct write_job *job = writers_take_done(&s->writers), *rest = NULL;
+  while (job) {
+    struct write_job *next = job->next;
+    if (n < capacity) {
+      out[n++] = job->token;
+      free(job);
+    } else {
+      job->next = rest;
+      rest = job;
+    }
+    job = next;
+  }
+  if (rest) writers_give_back(&s->writers, rest);
+  return make_number(env, (double)n);
+}
+
 // pending(session): requests handed to JavaScript and not answered yet (tests).
 static napi_value Pending(napi_env env, napi_callback_info info) {
   SESSION_ARG
@@ -271,5 +306,6 @@ const napi_property_descriptor vircptfs_reply_properties[] = {
   {"replyStatfs", NULL, ReplyStatfs, NULL, NULL, NULL, napi_default, NULL},
   {"replyLseek", NULL, ReplyLseek, NULL, NULL, NULL, napi_default, NULL},
   {"pending", NULL, Pending, NULL, NULL, NULL, napi_default, NULL},
+  {"written", NULL, Written, NULL, NULL, NULL, napi_default, NULL},
 };
 const size_t vircptfs_reply_property_count = sizeof vircptfs_reply_properties / sizeof vircptfs_reply_properties[0];

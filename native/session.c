@@ -11,7 +11,7 @@
 //
 // Consequence: the thread that serves the mount is the JavaScript thread. A synchronous call of
 // the daemon into its own mount would wait for itself; the watchdog (watchdog.h) answers such
-// requests EDEADLK instead. Fixed cost per mount: one uv_poll and one uv_async handle, two writer
+// requests EDEADLK instead. Fixed cost per mount: one uv_poll handle, two writer
 // threads and one watchdog thread, whatever the load.
 #include <errno.h>
 #include <fcntl.h>
@@ -108,30 +108,6 @@ static void on_closed(uv_handle_t *handle) {
   s->self = NULL;
 }
 
-// Tells JavaScript which replies the writer threads have written (their buffers are free).
-static void report_written(session_t *s) {
-  struct write_job *job = writers_take_done(&s->writers);
-  if (!job) return;
-  napi_env env = s->env;
-  napi_handle_scope scope;
-  napi_open_handle_scope(env, &scope);
-  napi_value fn, recv, arg, result;
-  napi_get_reference_value(env, s->on_written, &fn);
-  napi_get_global(env, &recv);
-  while (job) {
-    struct write_job *next = job->next;
-    arg = make_number(env, job->token);
-    napi_make_callback(env, s->async, recv, fn, 1, &arg, &result);
-    free(job);
-    job = next;
-  }
-  napi_close_handle_scope(env, scope);
-}
-
-static void on_written(uv_async_t *async) {
-  report_written(async->data);
-}
-
 // Ends the loop: every request JavaScript still holds is answered (EIO if the kernel still
 // listens), the poll handle closes, and on_end(status) follows from its close callback.
 static void end_loop(session_t *s, int status) {
@@ -143,10 +119,8 @@ static void end_loop(session_t *s, int status) {
   while ((req = slots_take_any(&s->slots)) != NULL) fuse_reply_err(req, EIO);
   if (s->polling) {
     writers_stop(&s->writers);  // what is queued is written (or fails: the kernel is gone)
-    report_written(s);
     uv_poll_stop(&s->poll);
     uv_close((uv_handle_t *)&s->poll, on_closed);
-    uv_close((uv_handle_t *)&s->writers.async, on_closed);
   }
 }
 
@@ -182,16 +156,16 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
-// mount(mountpoint, args, dispatch, onEnd, stallMs, onWritten) -> session
+// mount(mountpoint, args, dispatch, onEnd, stallMs) -> session
 // args: libfuse's argv after the program name, e.g. ['-o', 'ro,fsname=x,max_readahead=1048576'].
 // stallMs: the watchdog's patience (watchdog.h); 0 turns it off.
 static napi_value Mount(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
+  size_t argc = 5;
+  napi_value argv[5];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t stall_ms = 0;
-  if (argc < 6 || napi_get_value_int32(env, argv[4], &stall_ms) != napi_ok) {
-    napi_throw_type_error(env, NULL, "mount(mountpoint, args, dispatch, onEnd, stallMs, onWritten)");
+  if (argc < 5 || napi_get_value_int32(env, argv[4], &stall_ms) != napi_ok) {
+    napi_throw_type_error(env, NULL, "mount(mountpoint, args, dispatch, onEnd, stallMs)");
     return NULL;
   }
   size_t len;
@@ -257,7 +231,6 @@ static napi_value Mount(napi_env env, napi_callback_info info) {
   CHECK(env, napi_create_external(env, s, NULL, NULL, &self));
   napi_create_reference(env, argv[2], 1, &s->dispatch);
   napi_create_reference(env, argv[3], 1, &s->on_end);
-  napi_create_reference(env, argv[5], 1, &s->on_written);
   napi_create_reference(env, self, 1, &s->self);
   napi_create_string_utf8(env, "vircptfs:fuse", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, NULL, name, &s->async);
@@ -266,9 +239,7 @@ static napi_value Mount(napi_env env, napi_callback_info info) {
   napi_get_uv_event_loop(env, &loop);
   uv_poll_init(loop, &s->poll, fd);
   s->poll.data = s;
-  uv_async_init(loop, &s->writers.async, on_written);
-  s->writers.async.data = s;
-  s->open_handles = 2;
+  s->open_handles = 1;
   s->polling = 1;
   uv_poll_start(&s->poll, UV_READABLE, on_readable);
   return self;
@@ -313,7 +284,6 @@ static napi_value Destroy(napi_env env, napi_callback_info info) {
   free(s->buf.mem);
   s->buf.mem = NULL;
   writers_free(&s->writers);
-  napi_delete_reference(env, s->on_written);
   slots_free(&s->slots);
   napi_delete_reference(env, s->dispatch);
   napi_delete_reference(env, s->on_end);

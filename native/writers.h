@@ -1,7 +1,8 @@
 // Threads that only move bytes: a read's reply (up to 1 MiB, copied by the kernel into the
 // reader's page cache or buffer) is written to /dev/fuse by one of WRITER_THREADS threads, so
 // that copy runs beside the JavaScript thread instead of on it. JavaScript keeps the reply's
-// buffer alive and unused until it hears, through on_written(token), that the write is done.
+// buffer alive and unused until it asks (written(), when it needs a buffer) and hears that the
+// write is done: no wakeup of the event loop per reply.
 // Everything else (lookups, attributes, small replies) is answered on the loop thread.
 #ifndef VIRCPTFS_WRITERS_H
 #define VIRCPTFS_WRITERS_H
@@ -30,7 +31,6 @@ struct writers {
   struct write_job *head, *tail;  // to write
   struct write_job *done;         // written, not yet reported to JavaScript
   int stop;
-  uv_async_t async;               // wakes the loop thread for done jobs
 };
 
 static inline void *writer_run(void *arg) {
@@ -47,13 +47,11 @@ static inline void *writer_run(void *arg) {
     pthread_mutex_lock(&w->lock);
     job->next = w->done;
     w->done = job;
-    uv_async_send(&w->async);
   }
   pthread_mutex_unlock(&w->lock);
   return NULL;
 }
 
-// uv_async_init is the caller's (it needs the loop and the callback); this starts the threads.
 static inline int writers_start(struct writers *w) {
   w->head = w->tail = w->done = NULL;
   w->stop = 0;
@@ -87,6 +85,18 @@ static inline struct write_job *writers_take_done(struct writers *w) {
   w->done = NULL;
   pthread_mutex_unlock(&w->lock);
   return done;
+}
+
+// Puts jobs taken by writers_take_done back on the done list.
+static inline void writers_give_back(struct writers *w, struct write_job *jobs) {
+  pthread_mutex_lock(&w->lock);
+  while (jobs) {
+    struct write_job *next = jobs->next;
+    jobs->next = w->done;
+    w->done = jobs;
+    jobs = next;
+  }
+  pthread_mutex_unlock(&w->lock);
 }
 
 // Writes what is queued, then ends the threads (the session is ending).

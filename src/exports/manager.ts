@@ -1,6 +1,6 @@
 // The export manager: one export per domain, started lazily by the first open() of one of its
 // files, shared by every open file (reference counts), released after an idle grace period that
-// re-checks when it fires (STYLE.md habit 6). Concurrent opens share one start: the promise is
+// re-checks when it fires (docs/exports.md). Concurrent opens share one start: the promise is
 // stored, not its result, and a failed start is forgotten so the next open tries afresh.
 // Each backup export of its own has a scratch guard (scratch-guard.ts) that gives it up, through
 // the same stop path, before its scratch filesystem could fill.

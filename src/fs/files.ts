@@ -180,7 +180,7 @@ export class Files implements FuseOperations {
     const h = this.#handles.get(fh);
     // Only releaseAll (unmount) drops a handle the kernel still holds: its export is gone.
     if (!h) throw new VircptError('NBD_CLOSED', `${path}: released (the filesystem is unmounting)`);
-    // DESIGN.md: once the export went away (VM destroyed, job aborted) every read fails, also
+    // docs/design.md ("Hang a reader"): once the export went away (VM destroyed, job aborted) every read fails, also
     // those the block cache could answer, until the file is opened again on a new export.
     if (h.kind === 'disk' && h.disk.dead) throw new VircptError('NBD_CLOSED', `${path}: the export of this file went away; open it again`);
     return h;

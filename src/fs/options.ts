@@ -1,4 +1,4 @@
-// vircptfs's command line and -o options (DESIGN.md "The command-line contract"), parsed and
+// vircptfs's command line and -o options (README "vircptfs"; docs/design.md), parsed and
 // validated before anything is mounted: an unknown option must not leave a dead mount behind.
 import { execFileSync } from 'node:child_process';
 import { VircptError } from '../errors.js';
@@ -135,7 +135,7 @@ function applyOption(o: FsOptions, opt: string): void {
     case 'nbd_certs': o.remote.certs = need(); return;
     case 'scratch_budget': o.scratchBudget = parseSize(need(), key); return;
     default:
-      if (IGNORED.has(key) || key.startsWith('x-') || key.startsWith('comment=')) return;
+      if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') return;
       throw usage(`unknown option: ${opt}`);
   }
 }

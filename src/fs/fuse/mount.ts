@@ -132,7 +132,7 @@ export async function mountFuse(mountpoint: string, ops: FuseOperations, options
   const mount = new Mount(dir, addon, ops, options);
   try {
     mount.server.session = addon.mount(dir, list.length ? ['-o', list.join(',')] : [], mount.server.dispatch,
-      (status) => mount.sessionEnded(status), options.deadlockGuardMs ?? DEADLOCK_GUARD_MS, mount.server.written);
+      (status) => mount.sessionEnded(status), options.deadlockGuardMs ?? DEADLOCK_GUARD_MS);
   } catch (err) {
     throw new VircptError('IO', `cannot mount FUSE at ${dir}: ${messageOf(err)}`, { cause: err });
   }

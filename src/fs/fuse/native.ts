@@ -23,21 +23,22 @@ export type Dispatch = (op: Op, slot: number, ino: number, a: number, b: number,
   name: string | undefined, uid: number, gid: number, pid: number) => void;
 
 export interface Addon {
-  mount(mountpoint: string, args: string[], dispatch: Dispatch, onEnd: (status: number) => void, stallMs: number,
-    onWritten: (token: number) => void): Session;
+  mount(mountpoint: string, args: string[], dispatch: Dispatch, onEnd: (status: number) => void, stallMs: number): Session;
   detach(s: Session): void;
   stop(s: Session): void;
   destroy(s: Session): void;
   fd(s: Session): number;
   pending(s: Session): number;
   deadlocksAvoided(s: Session): number;
+  /** Tokens of replyBufLater replies written since the last call, into out; how many. */
+  written(s: Session, out: Float64Array): number;
   // Each returns false when the request was answered already (or the session ended).
   replyErr(s: Session, slot: number, errno: number): boolean;
   replyEntry(s: Session, slot: number, attr: Float64Array): boolean;
   replyAttr(s: Session, slot: number, attr: Float64Array): boolean;
   replyOpen(s: Session, slot: number, fh: number, flags: number): boolean;
   replyBuf(s: Session, slot: number, data: Uint8Array, length: number): boolean;
-  /** Written by a writer thread; true: data stays untouched until onWritten(token). */
+  /** Written by a writer thread; true: data stays untouched until written() lists token. */
   replyBufLater(s: Session, slot: number, data: Uint8Array, length: number, token: number): boolean;
   replyDirents(s: Session, slot: number, names: string[], inodes: number[], modes: number[], offset: number, size: number): boolean;
   replyStatfs(s: Session, slot: number, fields: Float64Array): boolean;

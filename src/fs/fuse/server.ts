@@ -41,6 +41,7 @@ export class Server {
   readonly #pool: Buffer[] = [];
   /** Buffers of replies handed to the addon's writer threads, by token. */
   readonly #writing = new Map<number, Buffer>();
+  readonly #tokens = new Float64Array(64);
   #lastToken = 0;
   #nextDir = 1;
 
@@ -197,7 +198,7 @@ export class Server {
     p.then((n) => {
       if (!Number.isInteger(n) || n < 0 || n > length) throw new RangeError(`read returned ${n} of ${length}`);
       if (n < WRITER_MIN_BYTES) return void this.#addon.replyBuf(this.#s, slot, buf, n);
-      // A writer thread copies it to the kernel; the buffer stays ours until written().
+      // A writer thread copies it to the kernel; the buffer stays untouched until it is done.
       const token = ++this.#lastToken;
       writing = this.#addon.replyBufLater(this.#s, slot, buf, n, token);
       if (writing) this.#writing.set(token, buf);
@@ -210,13 +211,17 @@ export class Server {
     });
   }
 
-  /** The addon's onWritten: a writer thread has written the reply that held this buffer. */
-  readonly written = (token: number): void => {
-    const buf = this.#writing.get(token);
-    if (!buf) return;
-    this.#writing.delete(token);
-    this.#recycle(buf);
-  };
+  /** Takes back the buffers of replies the writer threads have written since the last look. */
+  #collectWritten(): void {
+    if (this.#writing.size === 0) return;
+    const n = this.#addon.written(this.#s, this.#tokens);
+    for (let i = 0; i < n; i++) {
+      const buf = this.#writing.get(this.#tokens[i]!);
+      if (!buf) continue;
+      this.#writing.delete(this.#tokens[i]!);
+      this.#recycle(buf);
+    }
+  }
 
   #recycle(buf: Buffer): void {
     if (this.#pool.length < POOLED_BUFFERS) this.#pool.push(buf);
@@ -224,6 +229,7 @@ export class Server {
 
   /** A buffer of at least `length` bytes, as a view of exactly `length`. */
   #buffer(length: number): Buffer {
+    this.#collectWritten();
     const i = this.#pool.findIndex((b) => b.buffer.byteLength >= length);
     const buf = i >= 0 ? this.#pool.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(Math.max(length, 128 * 1024));
     return Buffer.from(buf.buffer, buf.byteOffset, length);
