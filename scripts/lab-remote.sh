@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test lab's "remote" hypervisor on this one machine (run by setup.sh, as root, idempotent):
+# The test lab's "remote" hypervisor on this one machine (run by test.sh, as root, idempotent):
 #  - an sshd of the lab's own on 127.0.0.1:10022 and a key, for qemu+ssh://root@localhost:10022/system
 #  - a lab CA (certtool) with one server certificate (SANs localhost, 127.0.0.1 and the extra
 #    loopback addresses the tests dial) and one client certificate

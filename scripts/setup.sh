@@ -66,7 +66,4 @@ if [ "$(findmnt -no PROPAGATION / 2>/dev/null)" = private ]; then
 fi
 # FUSE needs /dev/fuse; loop devices need the loop module (built in on these machines).
 [ -c /dev/fuse ] || { echo "setup.sh: /dev/fuse is missing (load the fuse module)" >&2; exit 1; }
-# The remote-hypervisor lab: sshd, a lab CA, NBD TLS for backup jobs, libvirtd --listen (TLS on
-# 127.0.0.1 only). It restarts libvirtd once when that configuration is missing.
-bash scripts/lab-remote.sh
 log "ready"

@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 bash scripts/setup.sh
+# The remote-hypervisor lab, for the tests only (setup.sh also serves the demo and install.sh, on
+# hosts whose libvirtd and sshd are not ours to reconfigure): sshd on 127.0.0.1:10022, a lab CA,
+# NBD TLS for backup jobs, libvirtd --listen (TLS on 127.0.0.1 only); it restarts libvirtd once
+# when that configuration is missing.
+bash scripts/lab-remote.sh
 # Node 20's runner takes no globs: list the test files (lab helpers under dist/test are not tests).
 # First the fast tier (*.unit.test.js: no root, no libvirt, seconds), then the rest: each file once.
 mapfile -t unit < <(find dist/test -name '*.unit.test.js' | sort)
