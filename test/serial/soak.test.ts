@@ -3,8 +3,9 @@
 // must have; exports released and started again, with guest writes between them. Then the
 // daemon's figures: RSS and libuv resources flat (last third within 10% of the first, resources
 // with the slack of figures.ts: virsh shells come and go), RSS within the
-// cache + 150 MiB, throughput not collapsing (the last third at least a third of the first: a
-// minute of phases and page-cache effects on a shared CI machine is too short to ask for 10%);
+// cache + 150 MiB, and the bytes read per CPU-second of the daemon not collapsing (the last
+// third at least half the first: a minute of phases and page-cache hits is too short to ask for
+// 10%; wall-time throughput is printed, not asserted: other load on the machine moves it);
 // nothing left after the unmount. Serial: it keeps both CPUs busy for a minute.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -22,12 +23,14 @@ describe('soak (60 s)', () => {
     const rss = flatness(r.samples.map((s) => s.rssMiB));
     const res = flatness(r.samples.map((s) => s.resources));
     const tput = flatness(r.samples.map((s) => s.mbPerS));
-    for (const [name, f, unit] of [['RSS', rss, ' MiB'], ['libuv resources', res, ''], ['throughput', tput, ' MB/s']] as const) {
+    const perCpu = flatness(r.samples.map((s) => s.mbPerCpuS));
+    for (const [name, f, unit] of [['RSS', rss, ' MiB'], ['libuv resources', res, ''], ['throughput', tput, ' MB/s'],
+      ['throughput per daemon CPU-second', perCpu, ' MB']] as const) {
       console.log(formatFlat(name, f, unit));
     }
     assert.ok(rss.last <= rss.first * 1.1, `daemon RSS grew: ${formatFlat('RSS', rss, ' MiB')}`);
     assert.ok(resourcesFlat(res), `libuv resources grew: ${formatFlat('resources', res, '')}`);
-    assert.ok(tput.ratio >= 1 / 3, `throughput collapsed: ${formatFlat('throughput', tput, ' MB/s')}`);
+    assert.ok(perCpu.ratio >= 0.5, `the daemon's work per byte grew: ${formatFlat('MB per CPU-second', perCpu, ' MB')}`);
     const peak = Math.max(...r.samples.map((s) => s.rssMiB));
     assert.ok(peak <= r.cacheMiB + 150, `daemon RSS ${peak.toFixed(1)} MiB > cache ${r.cacheMiB} MiB + 150 MiB`);
     assert.deepEqual(r.exit, { code: 0, signal: null });

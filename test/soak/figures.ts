@@ -8,6 +8,9 @@ export interface Sample {
   at: number;
   /** Verified bytes read in the interval, per second. */
   mbPerS: number;
+  /** The same bytes per CPU-second the daemon used in the interval: what the daemon's own work
+   *  costs, which other load on the machine does not change as it changes wall time. */
+  mbPerCpuS: number;
   rssMiB: number;
   /** The daemon's active handles, requests and timers (process.getActiveResourcesInfo()): the
    *  least of the counts taken during the interval. */
@@ -49,6 +52,13 @@ export function flatness(series: number[], tolerance = 0.1): Flatness {
   return { first, last, ratio, flat: Math.abs(ratio - 1) <= tolerance };
 }
 
+/** CPU seconds (user + system) the process used so far (USER_HZ is 100 on Linux). */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
 export async function rssMiB(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const kb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN);
@@ -73,7 +83,7 @@ export async function daemonResources(pid: number, log: () => string, timeoutMs 
 }
 
 export function formatSample(s: Sample, label: string): string {
-  return `${label}: ${s.mbPerS.toFixed(1)} MB/s verified, daemon RSS ${s.rssMiB.toFixed(1)} MiB, ` +
+  return `${label}: ${s.mbPerS.toFixed(1)} MB/s verified (${s.mbPerCpuS.toFixed(0)} MB per daemon CPU-second), daemon RSS ${s.rssMiB.toFixed(1)} MiB, ` +
     `${s.resources} libuv resources (${s.kinds}), ${s.exports} exports so far`;
 }
 

@@ -13,7 +13,7 @@ import { leftoversOf } from '../lab/leftovers.js';
 import { mountFs, type FsMount } from '../lab/mount.js';
 import { run } from '../lab/tools.js';
 import { checkpoint, firstDiff, MiB, waitReleased } from '../fs/helpers.js';
-import { daemonResources, formatSample, rssMiB, type Sample } from './figures.js';
+import { cpuSeconds, daemonResources, formatSample, rssMiB, type Sample } from './figures.js';
 
 export interface SoakOptions {
   durationMs: number;
@@ -148,10 +148,18 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
       phases(d, s, o.readPhaseMs ?? 4000).catch(fail),
       ...Array.from({ length: o.readersPerDomain ?? 4 }, () => reader(d, s).catch(fail)),
     ]);
+    // Warm-up, ended by a condition: the daemon's memory grows until its block cache is full
+    // (and V8's heap has its working size), so sampling starts once the readers have read four
+    // times the cache and each domain has been through two releases and restarts, however fast
+    // or slow the machine is today.
+    const w0 = Date.now();
+    while (!s.stop && (s.bytes < 4 * cacheMiB * MiB || domains.some((d) => d.exports < 3))) await sleep(100);
+    print(`warm-up: ${((Date.now() - w0) / 1000).toFixed(1)} s (${(s.bytes / MiB).toFixed(0)} MiB read, 3 exports per domain)`);
     const samples: Sample[] = [];
     const t0 = Date.now();
-    let lastBytes = 0;
+    let lastBytes = s.bytes;
     let lastAt = t0;
+    let lastCpu = await cpuSeconds(m.pid);
     while (!s.stop && Date.now() - t0 < o.durationMs) {
       // Resources counted once a second: whatever is in flight at a count (sockets of an export
       // being started, a virsh call, a timer) comes and goes, so the interval's least count is
@@ -165,12 +173,15 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
       }
       if (s.stop) break;
       const now = Date.now();
+      const cpu = await cpuSeconds(m.pid);
+      const mb = (s.bytes - lastBytes) / 1e6;
       const sample: Sample = {
-        at: (now - t0) / 1000, mbPerS: (s.bytes - lastBytes) / 1e6 / ((now - lastAt) / 1000),
+        at: (now - t0) / 1000, mbPerS: mb / ((now - lastAt) / 1000), mbPerCpuS: mb / Math.max(0.01, cpu - lastCpu),
         rssMiB: await rssMiB(m.pid), resources: least.count, kinds: least.kinds, exports: domains.reduce((a, d) => a + d.exports, 0),
       };
       lastBytes = s.bytes;
       lastAt = now;
+      lastCpu = cpu;
       samples.push(sample);
       print(formatSample(sample, `${o.intervalMs >= 60_000 ? 'minute' : 'interval'} ${samples.length} (${sample.at.toFixed(0)} s)`));
     }
