@@ -125,22 +125,57 @@ async function randomImage(dir: string, name: string, size: number): Promise<{ f
   return { file, content };
 }
 
+/** Two running lab domains of two disks of random content each, with checkpoint c1. */
+async function labDomains(lab: Lab, tmp: string, size: number): Promise<{ vm: LabVm; content: Map<string, Buffer> }[]> {
+  const vms: { vm: LabVm; content: Map<string, Buffer> }[] = [];
+  for (let v = 0; v < 2; v++) {
+    const imgs = await Promise.all(TARGETS.map((t) => randomImage(tmp, `d${v}-${t}`, size)));
+    const vm = await lab.vm({ disks: TARGETS.map((t, i) => ({ target: t, bus: 'sata' as const, size, image: imgs[i]!.file })) });
+    await checkpoint(vm, 'c1');
+    vms.push({ vm, content: new Map(TARGETS.map((t, i) => [t, imgs[i]!.content])) });
+  }
+  return vms;
+}
+
+/** Samples the daemon once per interval until the soak's time is up (or a worker failed). */
+async function sample(o: SoakOptions, m: FsMount, s: Shared, domains: Domain[], print: (l: string) => void): Promise<Sample[]> {
+  const samples: Sample[] = [];
+  const t0 = Date.now();
+  let last = { bytes: s.bytes, at: t0, cpu: await cpuSeconds(m.pid) };
+  while (!s.stop && Date.now() - t0 < o.durationMs) {
+    // Resources counted once a second: whatever is in flight at a count (sockets of an export
+    // being started, a virsh call, a timer) comes and goes, so the interval's least count is
+    // its baseline, and a leak raises it.
+    const end = Math.min(last.at + o.intervalMs, t0 + o.durationMs);
+    let least = { count: Infinity, kinds: '' };
+    while (!s.stop && Date.now() < end) {
+      await sleep(Math.min(1000, end - Date.now()));
+      const r = await daemonResources(m.pid, () => m.stderr);
+      if (r.count < least.count) least = r;
+    }
+    if (s.stop) break;
+    const now = { bytes: s.bytes, at: Date.now(), cpu: await cpuSeconds(m.pid) };
+    const mb = (now.bytes - last.bytes) / 1e6;
+    const x: Sample = {
+      at: (now.at - t0) / 1000, mbPerS: mb / ((now.at - last.at) / 1000), mbPerCpuS: mb / Math.max(0.01, now.cpu - last.cpu),
+      rssMiB: await rssMiB(m.pid), resources: least.count, kinds: least.kinds, exports: domains.reduce((a, d) => a + d.exports, 0),
+    };
+    last = now;
+    samples.push(x);
+    print(formatSample(x, `${o.intervalMs >= 60_000 ? 'minute' : 'interval'} ${samples.length} (${x.at.toFixed(0)} s)`));
+  }
+  return samples;
+}
+
 export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const print = o.print ?? ((l: string) => console.log(l));
-  const size = o.diskBytes ?? 64 * MiB;
   const cacheMiB = o.cacheMiB ?? 64;
   const lab = new Lab('soak');
   const tmp = await mkdtemp('/var/tmp/vircptfs-soak-');
   const s: Shared = { stop: false, failure: undefined, bytes: 0, reads: 0 };
   let m: FsMount | undefined;
   try {
-    const vms: { vm: LabVm; content: Map<string, Buffer> }[] = [];
-    for (let v = 0; v < 2; v++) {
-      const imgs = await Promise.all(TARGETS.map((t) => randomImage(tmp, `d${v}-${t}`, size)));
-      const vm = await lab.vm({ disks: TARGETS.map((t, i) => ({ target: t, bus: 'sata' as const, size, image: imgs[i]!.file })) });
-      await checkpoint(vm, 'c1');
-      vms.push({ vm, content: new Map(TARGETS.map((t, i) => [t, imgs[i]!.content])) });
-    }
+    const vms = await labDomains(lab, tmp, o.diskBytes ?? 64 * MiB);
     m = await mountFs({ options: [...vms.map((x) => `domain=${x.vm.name}`), 'idle=1', 'nofreeze', `cache=${cacheMiB}M`] });
     const domains = vms.map((x) => { const d = new Domain(x.vm, m!); for (const [t, c] of x.content) d.expected.set(t, c); return d; });
     const fail = (err: unknown) => { s.failure ??= err instanceof Error ? err : new Error(String(err)); s.stop = true; };
@@ -155,36 +190,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     const w0 = Date.now();
     while (!s.stop && (s.bytes < 4 * cacheMiB * MiB || domains.some((d) => d.exports < 3))) await sleep(100);
     print(`warm-up: ${((Date.now() - w0) / 1000).toFixed(1)} s (${(s.bytes / MiB).toFixed(0)} MiB read, 3 exports per domain)`);
-    const samples: Sample[] = [];
-    const t0 = Date.now();
-    let lastBytes = s.bytes;
-    let lastAt = t0;
-    let lastCpu = await cpuSeconds(m.pid);
-    while (!s.stop && Date.now() - t0 < o.durationMs) {
-      // Resources counted once a second: whatever is in flight at a count (sockets of an export
-      // being started, a virsh call, a timer) comes and goes, so the interval's least count is
-      // its baseline, and a leak raises it.
-      const end = Math.min(lastAt + o.intervalMs, t0 + o.durationMs);
-      let least = { count: Infinity, kinds: '' };
-      while (!s.stop && Date.now() < end) {
-        await sleep(Math.min(1000, end - Date.now()));
-        const r = await daemonResources(m.pid, () => m!.stderr);
-        if (r.count < least.count) least = r;
-      }
-      if (s.stop) break;
-      const now = Date.now();
-      const cpu = await cpuSeconds(m.pid);
-      const mb = (s.bytes - lastBytes) / 1e6;
-      const sample: Sample = {
-        at: (now - t0) / 1000, mbPerS: mb / ((now - lastAt) / 1000), mbPerCpuS: mb / Math.max(0.01, cpu - lastCpu),
-        rssMiB: await rssMiB(m.pid), resources: least.count, kinds: least.kinds, exports: domains.reduce((a, d) => a + d.exports, 0),
-      };
-      lastBytes = s.bytes;
-      lastAt = now;
-      lastCpu = cpu;
-      samples.push(sample);
-      print(formatSample(sample, `${o.intervalMs >= 60_000 ? 'minute' : 'interval'} ${samples.length} (${sample.at.toFixed(0)} s)`));
-    }
+    const samples = await sample(o, m, s, domains, print);
     s.stop = true;
     await Promise.all(workers);
     if (s.failure) throw s.failure;
