@@ -48,6 +48,8 @@ if (typeof parsed === 'number') {
       void fs.stop().finally(() => process.exit(EXIT_OK));
     });
   }
+  // kill -USR2: one log line of what a leak would show (a soak, or an operator, watches it).
+  process.on('SIGUSR2', () => log.info(statsLine()));
   if (daemon) {
     // Ready means: the mount is live and lists.
     try {
@@ -61,4 +63,15 @@ if (typeof parsed === 'number') {
   }
   await fs.done;
   process.exit(EXIT_OK);
+}
+
+/** Memory and the event loop's live handles, requests and timers, counted by kind. */
+function statsLine(): string {
+  const mem = process.memoryUsage();
+  const kinds = new Map<string, number>();
+  const active = process.getActiveResourcesInfo();
+  for (const k of active) kinds.set(k, (kinds.get(k) ?? 0) + 1);
+  const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+  return `stats: rss=${mem.rss} (${mib(mem.rss)} MiB) heap=${mib(mem.heapUsed)}MiB external=${mib(mem.external)}MiB ` +
+    `resources=${active.length} (${[...kinds].map(([k, n]) => `${k}:${n}`).join(' ')})`;
 }

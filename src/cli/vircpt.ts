@@ -65,7 +65,7 @@ export function buildProgram(deps: Deps): Command {
     .option('-d, --domain <name>', 'the libvirt domain')
     .option('-i, --include <targets>', 'only these disk targets (repeatable, or comma-separated)', collect)
     .option('-x, --exclude <targets>', 'not these disk targets (repeatable, or comma-separated)', collect)
-    .option('--scratchdir <dir>', 'where backup scratch images go (they can grow up to each disk\'s size)')
+    .option('--scratchdir <dir>', 'where backup scratch images go (they can grow up to each disk\'s size; it must exist and be writable)')
     .option('--scratch-reserve <size>', `free space kept where the scratch images go, SIZE or N% (default ${formatReserve(DEFAULT_SCRATCH_RESERVE)}): ` +
       'below it an export is given up before the guest\'s writes could fail, and none starts; 0: off', scratchReserve)
     .option('--nbd-bind <addr>', 'remote URI: the address QEMU\'s NBD server binds on the hypervisor (default: the URI\'s host)')

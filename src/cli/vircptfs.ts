@@ -25,7 +25,8 @@ Options (-o, comma-separated, repeatable):
   cache=SIZE           block cache size (default ${DEFAULTS.cacheBytes / 2 ** 20}M; e.g. 512M, 1G)
   idle=SECONDS         release an export this long after its last file closed (default ${DEFAULTS.idleSeconds})
   scratch=DIR          where backup scratch images go (default /var/tmp/vircptfs); each can grow
-                       up to its disk's size while an export is open and the guest writes
+                       up to its disk's size while an export is open and the guest writes; DIR
+                       must exist and be writable (it is never created)
   scratch_reserve=SIZE|N%  free space kept on the scratch filesystem (default ${formatReserve(DEFAULT_SCRATCH_RESERVE)}): below it an
                        export is given up (its readers get EIO) before the guest's writes could
                        fail, and opens get ENOSPC; checked every ${GUARD_POLL_MS / 1000} s; 0 turns it off

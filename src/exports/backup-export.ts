@@ -12,7 +12,7 @@ import type { ExportRecord } from './export.js';
 import { jobMatches, writeRecord } from './export.js';
 import { freePort as releasePort } from './remote.js';
 import { Instance, instanceAlive, ownerOfPath } from './runtime.js';
-import { assertScratchRoom, DEFAULT_SCRATCH_RESERVE, type ScratchReserve } from './scratch-guard.js';
+import { assertScratchFolder, assertScratchRoom, DEFAULT_SCRATCH_RESERVE, type ScratchReserve } from './scratch-guard.js';
 
 export interface BackupExportOptions {
   virsh: Virsh;
@@ -70,6 +70,7 @@ export async function assertNoJob(virsh: Virsh, instance: Instance, domain: stri
 export async function startBackupExport(o: BackupExportOptions): Promise<ExportRecord> {
   const { virsh, instance, domain } = o;
   await assertNoJob(virsh, instance, domain.name, o.log, o.job);
+  if (o.scratchRoot !== undefined) await assertScratchFolder(o.scratchRoot, domain.name);
   await instance.prepare(domain.name, domain.qemuUser, o.scratchRoot);
   const socket = path.join(instance.domainDir(domain.name), 'nbd.sock');
   const scratchDir = instance.scratchDir(domain.name, o.scratchRoot);

@@ -5,7 +5,8 @@
 // guest's own write. Nothing on this stack makes the snapshot break instead, so the guard
 // watches the scratch filesystem's free space (statfs) and libvirt's own figure (domjobinfo)
 // and gives the export up while free space is still above zero: below the reserve.
-import { statfs } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, statfs } from 'node:fs/promises';
 import { VircptError, messageOf } from '../errors.js';
 import { jobStats, type JobStats } from '../libvirt/job-stats.js';
 import type { Virsh } from '../libvirt/virsh.js';
@@ -50,6 +51,21 @@ export interface ScratchSpace {
 export async function scratchSpace(dir: string): Promise<ScratchSpace> {
   const s = await statfs(dir);
   return { free: s.bavail * s.bsize, size: s.blocks * s.bsize };
+}
+
+/**
+ * A scratch folder named by the user (scratch=, --scratchdir) must exist and be writable before
+ * anything is made: a missing one is never created, since it may be a filesystem not mounted
+ * yet (its scratch would fill the one below), and a failure here leaves no folder and no job.
+ */
+export async function assertScratchFolder(root: string, domain: string): Promise<void> {
+  try {
+    await access(root, constants.W_OK | constants.X_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'EROFS' ? 'is on a read-only filesystem' : `cannot be written (${code ?? messageOf(err)})`;
+    throw new VircptError('IO', `domain ${domain}: not starting an export: the scratch folder ${root} ${why}`);
+  }
 }
 
 /** Refuses to start an export (NO_SPACE: ENOSPC at open) while the scratch filesystem is below the reserve. */

@@ -24,8 +24,8 @@ const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 
 type Handle =
-  | { kind: 'disk'; lease: Lease; disk: NbdDisk; reader: Reader }
-  | { kind: 'map'; lease: Lease; data: Buffer };
+  | { kind: 'disk'; path: string; lease: Lease; disk: NbdDisk; reader: Reader }
+  | { kind: 'map'; path: string; lease: Lease; data: Buffer };
 
 export interface FilesOptions {
   catalog: Catalog;
@@ -76,6 +76,32 @@ export class Files implements FuseOperations {
   }
 
   async getattr(path: string, _ctx?: FuseContext): Promise<FuseStat> {
+    try {
+      return await this.#treeAttr(path);
+    } catch (err) {
+      // A file still open when its checkpoint or domain left the tree (deleted, undefined) keeps
+      // its attributes: the kernel asks for them before it reads, and reads go on at the export's
+      // point in time (EIO once the export is gone). A new open asks the tree only: ENOENT.
+      const gone = err instanceof VircptError && ['NOT_FOUND', 'DOMAIN_NOT_FOUND', 'CHECKPOINT_NOT_FOUND'].includes(err.code);
+      const held = gone ? this.#heldAttr(path) : undefined;
+      if (held) return held;
+      throw err;
+    }
+  }
+
+  /** The attributes of a file open at `path`, from its handle. */
+  #heldAttr(path: string): FuseStat | undefined {
+    for (const h of this.#handles.values()) {
+      if (h.path !== path) continue;
+      const size = h.kind === 'disk' ? h.disk.size : h.data.length;
+      const s = this.#stat(this.#fileMode, size, h.lease.export.startedAt, Math.ceil(size / 512));
+      if (h.kind === 'disk') s.blksize = this.#o.cache.blockSize;
+      return s;
+    }
+    return undefined;
+  }
+
+  async #treeAttr(path: string): Promise<FuseStat> {
     const node = parse(path);
     const { catalog } = this.#o;
     switch (node.kind) {
@@ -141,7 +167,7 @@ export class Files implements FuseOperations {
       if (node.kind === 'none') throw notFound(path);
       return { fh: 0 }; // directories
     }
-    await this.getattr(path); // ENOENT before starting anything
+    await this.#treeAttr(path); // ENOENT before starting anything
     const lease = await this.#o.manager.acquire(node.domain, node.checkpoint, ctx ? { uid: ctx.uid, pid: ctx.pid } : undefined);
     try {
       const exp = lease.export;
@@ -155,12 +181,12 @@ export class Files implements FuseOperations {
         // skipped for attr_timeout after the last getattr and then keeps an older export's pages.
         const keepCache = this.#pagesFrom.get(path) === disk.id;
         this.#pagesFrom.set(path, disk.id);
-        return { fh: this.#add({ kind: 'disk', lease, disk, reader: this.#o.cache.reader(disk) }), keepCache, directIo: this.#o.directIo === true };
+        return { fh: this.#add({ kind: 'disk', path, lease, disk, reader: this.#o.cache.reader(disk) }), keepCache, directIo: this.#o.directIo === true };
       }
       const { checkpoint } = await this.#o.catalog.checkpoint(node.domain, node.checkpoint);
       const data = renderDirtyMap(await exp.dirtyMap(node.checkpoint, checkpointDisks(checkpoint)));
       this.#mapSizes.set(path, { startedAt: exp.startedAt.getTime(), size: data.length });
-      return { fh: this.#add({ kind: 'map', lease, data }), directIo: true };
+      return { fh: this.#add({ kind: 'map', path, lease, data }), directIo: true };
     } catch (err) {
       lease.release();
       if (err instanceof VircptError && err.code === 'BUSY') this.#o.log.warn({ path }, err.message);
