@@ -1,0 +1,205 @@
+// vircpt hotadd / hotremove against a real scanner: a paused q35 lab VM with a virtio-scsi
+// controller. What the scanner got is read through the scanner's own QEMU (its NBD server
+// exporting the hot-plugged node), so the test sees exactly what a guest inside would read.
+import assert from 'node:assert/strict';
+import { chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Lab, virsh, type LabVm } from '../lab/lab.js';
+import { errorLines, vircpt } from '../lab/cli.js';
+import { imageToRaw } from '../lab/images.js';
+import { leftoversOf } from '../lab/leftovers.js';
+import { requireTools, run } from '../lab/tools.js';
+import type { Attachment } from '../../src/exports/export.js';
+
+const MiB = 1024 * 1024;
+
+interface BlockEntry { device: string; qdev?: string; inserted?: { 'node-name': string; ro: boolean } }
+
+async function qmp<T>(dom: string, execute: string, args?: object): Promise<T> {
+  const out = await virsh('qemu-monitor-command', '--', dom, JSON.stringify({ execute, ...(args && { arguments: args }) }));
+  const reply = JSON.parse(out) as { return?: T; error?: { desc: string } };
+  if (reply.error) throw new Error(`${dom}: ${execute}: ${reply.error.desc}`);
+  return reply.return as T;
+}
+
+/** The scanner's block devices, by qdev id (libvirt names a hot-plugged disk's device by its alias;
+ *  a virtio one's qdev is the path of its backend). */
+async function blockDevices(dom: string): Promise<Map<string, BlockEntry>> {
+  const list = await qmp<BlockEntry[]>(dom, 'query-block');
+  return new Map(list.map((b) => [(b.qdev ?? b.device).replace(/^\/machine\/peripheral\/([^/]+)\/virtio-backend$/, '$1'), b]));
+}
+
+/** Copies a hot-plugged disk as the scanner's QEMU sees it: its own NBD server, read-only. */
+async function readThroughScanner(dom: string, alias: string, sockDir: string, out: string): Promise<void> {
+  const node = (await blockDevices(dom)).get(alias)?.inserted?.['node-name'];
+  assert.ok(node, `${dom} has no block node for ${alias}`);
+  const sock = path.join(sockDir, `${alias}.sock`);
+  await qmp(dom, 'nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
+  try {
+    await qmp(dom, 'block-export-add', { type: 'nbd', id: 'vcpt-test', 'node-name': node, name: 'd', writable: false });
+    try {
+      await run('nbdcopy', [`nbd+unix:///d?socket=${sock}`, out]);
+    } finally {
+      await qmp(dom, 'block-export-del', { id: 'vcpt-test' });
+    }
+  } finally {
+    await qmp(dom, 'nbd-server-stop');
+  }
+}
+
+async function sameBytes(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([readFile(a), readFile(b)]);
+  return x.equals(y);
+}
+
+const liveXml = (dom: string) => virsh('dumpxml', '--', dom);
+
+describe('vircpt hotadd and hotremove', () => {
+  const lab = new Lab('hotadd');
+  let vm: LabVm;
+  let scanner: LabVm;
+  let tmp: string;
+  let sockDir: string;
+  const cli = (...args: string[]) => vircpt(['-d', vm.name, ...args]);
+
+  before(async () => {
+    await requireTools('nbdcopy', 'nbdinfo');
+    tmp = await mkdtemp('/var/tmp/vircptfs-test-');
+    [vm, scanner] = await Promise.all([
+      lab.vm({ disks: [{ target: 'sda', bus: 'sata', size: 32 * MiB }, { target: 'vdb', size: 16 * MiB }] }),
+      lab.vm({ disks: [{ target: 'sda', bus: 'sata', size: 8 * MiB }], scanner: true }),
+    ]);
+    // QEMU (libvirt-qemu) makes its sockets and scratch files here: in the lab's folder, which it can traverse.
+    sockDir = path.join(lab.dir, 'qemu-made');
+    await mkdir(sockDir, { mode: 0o700 });
+    await chown(sockDir, Number(await run('id', ['-u', 'libvirt-qemu'])), 0);
+    await vm.write('sda', 0, 4 * MiB, 0x11);
+    await vm.write('vdb', 0, 1 * MiB, 0x22);
+    assert.equal((await cli('create', '--name', 'base')).code, 0);
+    await vm.write('sda', 1 * MiB, 2 * MiB, 0xab);
+  });
+  after(async () => {
+    await lab.cleanup();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('SCSI: read-only disks with the checkpoint\'s bytes; hotremove leaves the scanner as it was and nothing behind', async (t) => {
+    const xmlBefore = await liveXml(scanner.name);
+    const blocksBefore = [...(await blockDevices(scanner.name)).keys()].sort();
+    const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '--json');
+    t.after(() => cli('hotremove', '--force'));
+    assert.equal(r.code, 0, r.stderr);
+    const added = (JSON.parse(r.stdout) as { attachments: Attachment[] }).attachments;
+    // The scanner's own SATA sda takes the name, not the SCSI unit: its SCSI disks are sdb and sdc.
+    assert.deepEqual(added.map((a) => [a.target, a.scannerTarget, a.bus, a.address]),
+      [['sda', 'sdb', 'scsi', 'scsi 0:0:0:0'], ['vdb', 'sdc', 'scsi', 'scsi 0:0:0:1']]);
+    for (const a of added) assert.ok(a.serial.length <= 20, `serial ${a.serial} fits virtio-blk`);
+    const blocks = await blockDevices(scanner.name);
+    for (const a of added) assert.equal(blocks.get(a.alias)?.inserted?.ro, true, `${a.alias} is read-only in the scanner's QEMU`);
+
+    // The point in time is the export's start; the VM is paused, so its image still shows it.
+    const expected = path.join(tmp, 'sda.expected');
+    await imageToRaw(vm.image('sda'), expected);
+    await vm.write('sda', 0, 1 * MiB, 0xee); // after hotadd: must not show on the scanner
+    const sdb = added[0]!;
+    const attempt = await virsh('qemu-monitor-command', '--hmp', '--', scanner.name, `qemu-io -d ${sdb.alias} "write -P 0x55 0 65536"`);
+    assert.match(attempt, /read-only/i, 'a write through the scanner fails');
+    const seen = path.join(tmp, 'sda.scanner');
+    await readThroughScanner(scanner.name, sdb.alias, sockDir, seen);
+    assert.ok(await sameBytes(seen, expected), 'the scanner reads the checkpoint-time bytes, unchanged by either write');
+
+    const info = await cli('info');
+    assert.equal(info.code, 0, info.stderr);
+    assert.match(info.stdout, new RegExp(`sda -> ${scanner.name} sdb \\(scsi, scsi 0:0:0:0\\) serial ${sdb.serial}`));
+    const rel = await cli('release');
+    assert.equal(rel.code, 1);
+    assert.equal(errorLines(rel.stderr).length, 1, rel.stderr);
+    assert.match(rel.stderr, new RegExp(`attached to ${scanner.name} \\(sda as sdb\\), ${scanner.name} \\(vdb as sdc\\)`));
+
+    const rm1 = await cli('hotremove');
+    assert.equal(rm1.code, 0, rm1.stderr);
+    assert.match(rm1.stdout, /released the export/);
+    assert.equal(await liveXml(scanner.name), xmlBefore, 'the scanner\'s live XML is as before');
+    assert.deepEqual([...(await blockDevices(scanner.name)).keys()].sort(), blocksBefore);
+    assert.equal(await vm.jobType(), 'None');
+    assert.deepEqual(await leftoversOf(vm.name), []);
+  });
+
+  it('refuses a missing or shut-off scanner and a VM with a foreign job, with one line and nothing started', async () => {
+    const off = await lab.vm({ disks: [], scanner: true, start: false });
+    const xmlBefore = await liveXml(scanner.name);
+    const cases: [string, RegExp][] = [
+      [`${lab.prefix}-nonexistent`, /scanner domain \S+ not found/],
+      [off.name, /scanner domain \S+ is shut off: disks are hot-plugged into a running domain only/],
+    ];
+    for (const [to, why] of cases) {
+      const r = await cli('hotadd', '--name', 'base', '--to', to);
+      assert.equal(r.code, 1, r.stdout);
+      assert.equal(errorLines(r.stderr).length, 1, r.stderr);
+      assert.match(r.stderr, why);
+    }
+    const sock = path.join(sockDir, 'foreign.sock');
+    const xml = `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/>` +
+      `<disks><disk name='sda' backup='yes' type='file'><scratch file='${sockDir}/foreign-sda.qcow2'/></disk>` +
+      "<disk name='vdb' backup='no'/></disks></domainbackup>";
+    await writeFile(path.join(tmp, 'foreign.xml'), xml);
+    await virsh('backup-begin', vm.name, path.join(tmp, 'foreign.xml'));
+    try {
+      const r = await cli('hotadd', '--name', 'base', '--to', scanner.name);
+      assert.equal(r.code, 1, r.stdout);
+      assert.equal(errorLines(r.stderr).length, 1, r.stderr);
+      assert.match(r.stderr, /running Backup job that vircptfs did not start/);
+      assert.equal(await vm.jobType(), 'Unbounded', 'the foreign job still runs');
+    } finally {
+      await virsh('domjobabort', vm.name);
+    }
+    assert.equal(await liveXml(scanner.name), xmlBefore);
+    assert.deepEqual(await leftoversOf(vm.name), []);
+  });
+
+  it('a destroyed scanner holds nothing: release then ends the export', async () => {
+    const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '-i', 'vdb');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`vdb -> ${scanner.name} sdb \\(scsi, scsi 0:0:0:0\\) serial vcpt-vdb-[0-9a-f]{6}  /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_vcpt-vdb-`));
+    await scanner.destroy();
+    try {
+      const rel = await cli('release');
+      assert.equal(rel.code, 0, rel.stderr);
+      assert.equal(await vm.jobType(), 'None');
+      assert.deepEqual(await leftoversOf(vm.name), []);
+    } finally {
+      await scanner.start();
+    }
+  });
+
+  it('virtio-blk on a paused guest never lets go: hotremove keeps the export and says so; --force releases', async () => {
+    const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '-i', 'vdb', '--bus', 'virtio', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const [a] = (JSON.parse(r.stdout) as { attachments: Attachment[] }).attachments;
+    assert.equal(a?.scannerTarget, 'vda');
+    assert.match(a?.address ?? '', /^pci 0000:0\d:00\.0$/);
+    const expected = path.join(tmp, 'vdb.expected');
+    const seen = path.join(tmp, 'vdb.scanner');
+    await imageToRaw(vm.image('vdb'), expected);
+    await readThroughScanner(scanner.name, a.alias, sockDir, seen);
+    assert.ok(await sameBytes(seen, expected));
+
+    const stuck = await cli('hotremove', '--wait', '1');
+    assert.equal(stuck.code, 1);
+    assert.equal(errorLines(stuck.stderr).length, 1, stuck.stderr);
+    assert.match(stuck.stderr, new RegExp(`the guest of ${scanner.name} vda \\(vdb\\) did not let go within 1 s; the export and its record stay`));
+    assert.equal(await vm.jobType(), 'Unbounded', 'the export still runs');
+    const info = await cli('info', '--json');
+    assert.equal((JSON.parse(info.stdout) as { attachments: Attachment[] }).attachments[0]?.alias, a.alias);
+    const rel = await cli('release');
+    assert.equal(rel.code, 1);
+    assert.match(rel.stderr, new RegExp(`attached to ${scanner.name} \\(vdb as vda\\)`));
+
+    const forced = await cli('hotremove', '--wait', '0', '--force');
+    assert.equal(forced.code, 0, forced.stderr);
+    assert.match(forced.stderr, new RegExp(`${scanner.name} still lists vda: released anyway`));
+    assert.equal(await vm.jobType(), 'None');
+    assert.deepEqual(await leftoversOf(vm.name), []);
+  });
+});
