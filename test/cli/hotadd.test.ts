@@ -9,7 +9,9 @@ import { Lab, virsh, type LabVm } from '../lab/lab.js';
 import { errorLines, vircpt } from '../lab/cli.js';
 import { imageToRaw } from '../lab/images.js';
 import { leftoversOf } from '../lab/leftovers.js';
+import { mountFs } from '../lab/mount.js';
 import { requireTools, run } from '../lab/tools.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Attachment } from '../../src/exports/export.js';
 
 const MiB = 1024 * 1024;
@@ -54,6 +56,14 @@ async function sameBytes(a: string, b: string): Promise<boolean> {
 }
 
 const liveXml = (dom: string) => virsh('dumpxml', '--', dom);
+
+async function waitFor(cond: () => Promise<boolean>, what: string, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(100);
+  }
+}
 
 describe('vircpt hotadd and hotremove', () => {
   const lab = new Lab('hotadd');
@@ -171,6 +181,49 @@ describe('vircpt hotadd and hotremove', () => {
     } finally {
       await scanner.start();
     }
+  });
+
+  it('from a mount: a <disk>.raw attached as a read-only file disk (plain virsh attach-device, docs/hotadd.md)', async (t) => {
+    // The scanner's QEMU started before this mount: it must see it through mount propagation.
+    const m = await mountFs({ options: [`domain=${vm.name}`, 'idle=1', 'allow_other', 'gid=libvirt-qemu', 'umask=0027'] });
+    t.after(() => m.cleanup());
+    const raw = path.join(m.dir, vm.name, 'base', 'sda.raw');
+    const alias = 'ua-scan-sda';
+    const xml = `<disk type='file' device='disk'>
+  <driver name='qemu' type='raw'/>
+  <source file='${raw}'>
+    <seclabel model='dac' relabel='no'/>
+  </source>
+  <target dev='sdb' bus='scsi'/>
+  <serial>scan-sda</serial>
+  <readonly/>
+  <alias name='${alias}'/>
+  <address type='drive' controller='0' bus='0' target='0' unit='0'/>
+</disk>
+`;
+    const file = path.join(tmp, 'from-mount.xml');
+    await writeFile(file, xml);
+    const xmlBefore = await liveXml(scanner.name);
+    await virsh('attach-device', '--live', '--', scanner.name, file); // QEMU's open starts the mount's export
+    let attached = true;
+    const detach = async () => {
+      if (!attached) return;
+      await virsh('detach-device-alias', '--live', '--', scanner.name, alias);
+      await waitFor(async () => !(await liveXml(scanner.name)).includes(alias), `${scanner.name} drops ${alias}`);
+      attached = false;
+    };
+    t.after(detach); // before the unmount (after hooks run last first)
+    assert.equal((await blockDevices(scanner.name)).get(alias)?.inserted?.ro, true);
+    assert.equal(await vm.jobType(), 'Unbounded', 'the mount\'s export runs while QEMU holds the file');
+    const expected = path.join(tmp, 'sda.mount-expected');
+    await imageToRaw(vm.image('sda'), expected);
+    await vm.write('sda', 0, 1 * MiB, 0x77);
+    const seen = path.join(tmp, 'sda.mount-scanner');
+    await readThroughScanner(scanner.name, alias, sockDir, seen);
+    assert.ok(await sameBytes(seen, expected), 'the scanner reads the export\'s point in time');
+    await detach();
+    assert.equal(await liveXml(scanner.name), xmlBefore);
+    await waitFor(async () => (await vm.jobType()) === 'None', 'the mount releases its export once QEMU closed the file');
   });
 
   it('virtio-blk on a paused guest never lets go: hotremove keeps the export and says so; --force releases', async () => {
