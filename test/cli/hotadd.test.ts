@@ -226,6 +226,27 @@ describe('vircpt hotadd and hotremove', () => {
     await waitFor(async () => (await vm.jobType()) === 'None', 'the mount releases its export once QEMU closed the file');
   });
 
+  it('a shut-off VM: its qemu-nbd export is handed to the scanner\'s QEMU, read-only, and released', async () => {
+    const off = await lab.vm({ disks: [{ target: 'vda', size: 8 * MiB }] });
+    await off.write('vda', 0, 1 * MiB, 0x33);
+    assert.equal((await vircpt(['-d', off.name, 'create', '--name', 'c1'])).code, 0);
+    await off.destroy();
+    const r = await vircpt(['-d', off.name, 'hotadd', '--name', 'c1', '--to', scanner.name, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const [a] = (JSON.parse(r.stdout) as { attachments: Attachment[] }).attachments;
+    assert.ok(a);
+    assert.equal((await blockDevices(scanner.name)).get(a.alias)?.inserted?.ro, true);
+    const expected = path.join(tmp, 'off.expected');
+    const seen = path.join(tmp, 'off.scanner');
+    await imageToRaw(off.image('vda'), expected);
+    await readThroughScanner(scanner.name, a.alias, sockDir, seen);
+    assert.ok(await sameBytes(seen, expected));
+    const rm1 = await vircpt(['-d', off.name, 'hotremove']);
+    assert.equal(rm1.code, 0, rm1.stderr);
+    assert.deepEqual(await leftoversOf(off.name), []);
+    assert.equal(await off.start().then(() => off.state()), 'paused', 'qemu-nbd let go of the images');
+  });
+
   it('virtio-blk on a paused guest never lets go: hotremove keeps the export and says so; --force releases', async () => {
     const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '-i', 'vdb', '--bus', 'virtio', '--json');
     assert.equal(r.code, 0, r.stderr);
