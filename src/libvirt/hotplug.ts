@@ -35,8 +35,13 @@ export interface HotplugView {
 /** The domain's live state and devices; DOMAIN_NOT_FOUND when there is no such domain. */
 export async function hotplugView(virsh: Virsh, name: string): Promise<HotplugView> {
   const [xml, state] = await Promise.all([virsh.run(['dumpxml', '--', name]), virsh.run(['domstate', '--', name])]);
-  const details = parseDomainXml(xml, state.trim());
-  if (details.name === name.trim()) details.name = name;
+  const view = parseHotplugView(xml, state.trim());
+  if (view.details.name === name.trim()) view.details.name = name; // see getDomain
+  return view;
+}
+
+export function parseHotplugView(xml: string, state: string): HotplugView {
+  const details = parseDomainXml(xml, state);
   const devices = child(child(parseXml(xml), 'domain'), 'devices');
   const driveAddresses = new Set<string>();
   // SATA and IDE disks have drive addresses too, on controllers of their own type.
