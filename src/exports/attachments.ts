@@ -31,8 +31,22 @@ function findLive(view: HotplugView | undefined, a: Attachment, rec: ExportRecor
   return view?.disks.find((d) => d.alias === a.alias && d.socket === socket);
 }
 
-/** The record with only the attachments the scanners still have (written back when it changed). */
-export async function reconcile(virsh: Virsh, domainDir: string, rec: ExportRecord, log: Logger): Promise<ExportRecord> {
+/**
+ * How long an attach may still be under way: its virsh call's deadline, and some. A vircpt killed
+ * during an attach leaves its virsh child running, which may still plug the disk in.
+ */
+const IN_FLIGHT_MS = 45_000;
+
+/** Under way: written before an attach call that has not been seen to end, and young enough. */
+function inFlight(a: Attachment, ended: Set<string>): boolean {
+  return a.state === 'attaching' && !ended.has(a.alias) && Date.now() - Date.parse(a.since) < IN_FLIGHT_MS;
+}
+
+/**
+ * The record with only the attachments the scanners still have (written back when it changed),
+ * and those whose attach may still be under way (`ended`: the aliases whose call is known over).
+ */
+export async function reconcile(virsh: Virsh, domainDir: string, rec: ExportRecord, log: Logger, ended = new Set<string>()): Promise<ExportRecord> {
   const list = rec.attachments ?? [];
   if (list.length === 0) return rec;
   const views = new Map<string, HotplugView | undefined>();
@@ -41,9 +55,10 @@ export async function reconcile(virsh: Virsh, domainDir: string, rec: ExportReco
   for (const a of list) {
     const live = findLive(views.get(a.scanner), a, rec);
     if (live) kept.push({ ...a, state: 'attached', address: live.address ?? a.address });
+    else if (inFlight(a, ended)) kept.push(a);
     else log.info({ domain: rec.domain }, `${a.scanner} no longer has ${rec.domain}/${a.target} (${a.scannerTarget}): forgotten`);
   }
-  if (kept.length === list.length && kept.every((a, i) => a.state === list[i]!.state)) return rec;
+  if (kept.length === list.length && kept.every((a, i) => a.state === list[i]!.state && a.address === list[i]!.address)) return rec;
   return saveAttachments(domainDir, rec, kept);
 }
 
@@ -78,6 +93,7 @@ export interface AttachRequest {
 export async function attachAll(r: AttachRequest): Promise<Attachment[]> {
   let rec = r.rec;
   const done: Attachment[] = [];
+  const ended = new Set<string>();
   const names = new Set<string>();
   const drives = new Set<string>();
   try {
@@ -94,18 +110,18 @@ export async function attachAll(r: AttachRequest): Promise<Attachment[]> {
       rec = await saveAttachments(r.domainDir, rec, [...(rec.attachments ?? []), a]);
       await attachDisk(r.virsh, r.scanner, {
         source: { socket: d.socket, exportName: d.exportName }, target: scannerTarget, bus: r.bus, serial, alias: a.alias, ...(drive && { drive }),
-      }).catch((err: unknown) => {
+      }).finally(() => ended.add(a.alias)).catch((err: unknown) => {
         throw new VircptError(err instanceof VircptError ? err.code : 'LIBVIRT',
           `attaching ${rec.domain}/${d.target} to ${r.scanner} as ${scannerTarget} failed: ${messageOf(err)}`, { cause: err });
       });
       done.push(a);
     }
   } catch (err) {
-    await detachAll(r.virsh, r.log, r.domainDir, await reconcile(r.virsh, r.domainDir, rec, r.log), (a) => done.some((x) => x.alias === a.alias), 10_000)
+    await detachAll(r.virsh, r.log, r.domainDir, await reconcile(r.virsh, r.domainDir, rec, r.log, ended), (a) => done.some((x) => x.alias === a.alias), 10_000)
       .catch((e: unknown) => r.log.warn({ domain: rec.domain }, `undoing the attachments to ${r.scanner}: ${messageOf(e)}`));
     throw err;
   }
-  rec = await reconcile(r.virsh, r.domainDir, rec, r.log);
+  rec = await reconcile(r.virsh, r.domainDir, rec, r.log, ended);
   return (rec.attachments ?? []).filter((a) => done.some((x) => x.alias === a.alias));
 }
 
@@ -124,7 +140,10 @@ export async function detachAll(
   const why = new Map<string, string>();
   for (const a of mine) {
     // Asked only of a scanner that has it: a stale record must not unplug anyone else's disk.
-    if (!findLive(await liveView(virsh, a.scanner), a, rec)) continue;
+    if (!findLive(await liveView(virsh, a.scanner), a, rec)) {
+      if (a.state === 'attaching') why.set(a.alias, 'its attach may still be under way');
+      continue;
+    }
     await requestDetach(virsh, a.scanner, a.alias).catch((err: unknown) => why.set(a.alias, messageOf(err)));
   }
   const deadline = Date.now() + waitMs;

@@ -2,17 +2,19 @@
 // controller. What the scanner got is read through the scanner's own QEMU (its NBD server
 // exporting the hot-plugged node), so the test sees exactly what a guest inside would read.
 import assert from 'node:assert/strict';
-import { chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab, virsh, type LabVm } from '../lab/lab.js';
-import { errorLines, vircpt } from '../lab/cli.js';
+import { errorLines, VIRCPT, vircpt } from '../lab/cli.js';
+import { execa } from 'execa';
 import { imageToRaw } from '../lab/images.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { mountFs } from '../lab/mount.js';
 import { requireTools, run } from '../lab/tools.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Attachment } from '../../src/exports/export.js';
+import type { Attachment, ExportRecord } from '../../src/exports/export.js';
+import { defaultRuntimeDirs, domainDirName } from '../../src/exports/runtime.js';
 
 const MiB = 1024 * 1024;
 
@@ -57,11 +59,21 @@ async function sameBytes(a: string, b: string): Promise<boolean> {
 
 const liveXml = (dom: string) => virsh('dumpxml', '--', dom);
 
-async function waitFor(cond: () => Promise<boolean>, what: string, ms = 15_000): Promise<void> {
+/** Running `virsh attach-device` calls for a domain (pids). */
+async function attachCalls(dom: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const p of (await readdir('/proc')).filter((x) => /^\d+$/.test(x))) {
+    const cmd = (await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (cmd.some((a) => a.endsWith('virsh')) && cmd.includes('attach-device') && cmd.includes(dom)) pids.push(Number(p));
+  }
+  return pids;
+}
+
+async function waitFor(cond: () => Promise<boolean>, what: string, ms = 30_000, everyMs = 100): Promise<void> {
   const deadline = Date.now() + ms;
   while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(100);
+    await sleep(everyMs);
   }
 }
 
@@ -245,6 +257,34 @@ describe('vircpt hotadd and hotremove', () => {
     assert.equal(rm1.code, 0, rm1.stderr);
     assert.deepEqual(await leftoversOf(off.name), []);
     assert.equal(await off.start().then(() => off.state()), 'paused', 'qemu-nbd let go of the images');
+  });
+
+  it('a vircpt killed during hotadd: the next run finds what it plugged in, and hotremove takes it away', async () => {
+    const xmlBefore = await liveXml(scanner.name);
+    const child = execa(process.execPath, [VIRCPT, '-d', vm.name, 'hotadd', '--name', 'base', '--to', scanner.name], { reject: false });
+    // Killed while its `virsh attach-device` runs (that child carries on and plugs the disk in):
+    // the record names the first attachment just before the call, which then lasts tens of ms.
+    const recFile = path.join(defaultRuntimeDirs().runDir, 'export', domainDirName(vm.name), 'export.json');
+    const recorded = async () => ((JSON.parse(await readFile(recFile, 'utf8').catch(() => '{}')) as ExportRecord).attachments ?? []).length > 0;
+    await waitFor(recorded, 'hotadd records its first attachment', 60_000, 5);
+    let exited = false;
+    void child.then(() => { exited = true; });
+    while (!exited && (await attachCalls(scanner.name)).length === 0) await sleep(1);
+    assert.ok(!exited, 'vircpt was killed during an attach-device call (it finished first: rerun)');
+    child.kill('SIGKILL');
+    await child;
+    await waitFor(async () => (await attachCalls(scanner.name)).length === 0, 'the orphaned attach-device call ends');
+    const info = await cli('info', '--json');
+    assert.equal(info.code, 0, info.stderr);
+    const listed = (JSON.parse(info.stdout) as { attachments: Attachment[] }).attachments;
+    const plugged = [...(await liveXml(scanner.name)).matchAll(/<alias name='(ua-vcpt-[^']+)'\/>/g)].map((m) => m[1]);
+    assert.ok(plugged.length > 0, 'the scanner got a disk');
+    assert.deepEqual(listed.map((a) => [a.alias, a.state]), plugged.map((alias) => [alias, 'attached']), 'the record now says exactly what the scanner has');
+    const rm1 = await cli('hotremove');
+    assert.equal(rm1.code, 0, rm1.stderr);
+    assert.equal(await liveXml(scanner.name), xmlBefore);
+    assert.equal(await vm.jobType(), 'None');
+    assert.deepEqual(await leftoversOf(vm.name), []);
   });
 
   it('virtio-blk on a paused guest never lets go: hotremove keeps the export and says so; --force releases', async () => {
