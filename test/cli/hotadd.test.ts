@@ -259,29 +259,33 @@ describe('vircpt hotadd and hotremove', () => {
     assert.equal(await off.start().then(() => off.state()), 'paused', 'qemu-nbd let go of the images');
   });
 
-  it('a vircpt killed during hotadd: the next run finds what it plugged in, and hotremove takes it away', async () => {
+  it('a vircpt killed during hotadd: the next run records what the scanner got, and hotremove takes it away', async (t) => {
     const xmlBefore = await liveXml(scanner.name);
     const child = execa(process.execPath, [VIRCPT, '-d', vm.name, 'hotadd', '--name', 'base', '--to', scanner.name], { reject: false });
-    // Killed while its `virsh attach-device` runs (that child carries on and plugs the disk in):
-    // the record names the first attachment just before the call, which then lasts tens of ms.
+    // Killed once the record names its first attachment, which it writes just before the attach
+    // call: the call may not have started, or may run on as an orphan and plug the disk in.
     const recFile = path.join(defaultRuntimeDirs().runDir, 'export', domainDirName(vm.name), 'export.json');
     const recorded = async () => ((JSON.parse(await readFile(recFile, 'utf8').catch(() => '{}')) as ExportRecord).attachments ?? []).length > 0;
     await waitFor(recorded, 'hotadd records its first attachment', 60_000, 5);
-    let exited = false;
-    void child.then(() => { exited = true; });
-    while (!exited && (await attachCalls(scanner.name)).length === 0) await sleep(1);
-    assert.ok(!exited, 'vircpt was killed during an attach-device call (it finished first: rerun)');
     child.kill('SIGKILL');
     await child;
-    await waitFor(async () => (await attachCalls(scanner.name)).length === 0, 'the orphaned attach-device call ends');
+    await waitFor(async () => (await attachCalls(scanner.name)).length === 0, 'no attach-device call of it runs on');
     const info = await cli('info', '--json');
     assert.equal(info.code, 0, info.stderr);
     const listed = (JSON.parse(info.stdout) as { attachments: Attachment[] }).attachments;
-    const plugged = [...(await liveXml(scanner.name)).matchAll(/<alias name='(ua-vcpt-[^']+)'\/>/g)].map((m) => m[1]);
-    assert.ok(plugged.length > 0, 'the scanner got a disk');
-    assert.deepEqual(listed.map((a) => [a.alias, a.state]), plugged.map((alias) => [alias, 'attached']), 'the record now says exactly what the scanner has');
-    const rm1 = await cli('hotremove');
-    assert.equal(rm1.code, 0, rm1.stderr);
+    const plugged = new Set([...(await liveXml(scanner.name)).matchAll(/<alias name='(ua-vcpt-[^']+)'\/>/g)].map((m) => m[1]));
+    assert.ok(listed.length > 0 && [...plugged].every((p) => listed.some((a) => a.alias === p)), 'every disk the scanner got is recorded');
+    // Plugged: attached. Not plugged: its call may still be under way, as far as any later run can tell.
+    for (const a of listed) assert.equal(a.state, plugged.has(a.alias) ? 'attached' : 'attaching', a.alias);
+    t.diagnostic(`killed with ${listed.length} recorded, ${plugged.size} plugged in`);
+    const rm1 = await cli('hotremove', '--wait', '1');
+    if (listed.every((a) => plugged.has(a.alias))) {
+      assert.equal(rm1.code, 0, rm1.stderr);
+    } else {
+      assert.equal(rm1.code, 1);
+      assert.match(rm1.stderr, /its attach may still be under way/);
+      assert.equal((await cli('hotremove', '--force', '--wait', '0')).code, 0);
+    }
     assert.equal(await liveXml(scanner.name), xmlBefore);
     assert.equal(await vm.jobType(), 'None');
     assert.deepEqual(await leftoversOf(vm.name), []);
