@@ -227,6 +227,12 @@ describe('vircpt hotadd and hotremove', () => {
     t.after(detach); // before the unmount (after hooks run last first)
     assert.equal((await blockDevices(scanner.name)).get(alias)?.inserted?.ro, true);
     assert.equal(await vm.jobType(), 'Unbounded', 'the mount\'s export runs while QEMU holds the file');
+    const xmlAttached = await liveXml(scanner.name);
+    const h = await cli('hotadd', '--name', 'base', '--to', scanner.name);
+    assert.equal(h.code, 1, 'hotadd never uses a mount\'s export');
+    assert.equal(errorLines(h.stderr).length, 1, h.stderr);
+    assert.match(h.stderr, /is exported by a vircptfs mount or command \(instance fs-\d+-\d+\); hotadd needs an export of its own/);
+    assert.equal(await liveXml(scanner.name), xmlAttached);
     const expected = path.join(tmp, 'sda.mount-expected');
     await imageToRaw(vm.image('sda'), expected);
     await vm.write('sda', 0, 1 * MiB, 0x77);

@@ -21,8 +21,6 @@ export interface HotaddOptions {
   json: boolean;
 }
 
-export const DEFAULT_WAIT_S = 10;
-
 /** The running scanner, able to take disks on the bus; one clear line otherwise. */
 async function scannerView(ctx: Ctx, scanner: string, bus: HotplugBus): Promise<HotplugView> {
   if (scanner === ctx.domainName) throw new VircptError('USAGE', `--to ${scanner}: a domain's disks cannot be attached to itself`);

@@ -32,7 +32,7 @@ export async function infoCmd(ctx: Ctx, json: boolean): Promise<void> {
   const info = { domain: rec.domain, kind: rec.kind, owner: rec.owner, checkpoint: rec.checkpoint ?? null, startedAt: rec.startedAt, disks, attachments };
   if (json) return printJson(ctx, info);
   ctx.stdout(`${rec.domain}: ${rec.kind === 'backup' ? `backup job at checkpoint ${rec.checkpoint}` : 'qemu-nbd (shut off)'}, ` +
-    `started ${rec.startedAt} by ${rec.owner === 'export' ? 'vircpt export' : `instance ${rec.owner}`}\n`);
+    `started ${rec.startedAt} by ${rec.owner === 'export' ? `vircpt ${rec.startedBy ?? 'export'}` : `instance ${rec.owner}`}\n`);
   for (const d of disks) {
     ctx.stdout(`  ${d.target}: ${d.uri}\n    size ${d.size}, block sizes min ${d.blockSize.minimum} preferred ${d.blockSize.preferred} ` +
       `max ${d.blockSize.maximum}, ${d.readOnly ? 'read-only' : 'writable'}, multi-conn ${d.canMultiConn ? 'yes' : 'no'}\n` +
