@@ -1,81 +1,21 @@
 // vircpt hotadd / hotremove against a real scanner: a paused q35 lab VM with a virtio-scsi
-// controller. What the scanner got is read through the scanner's own QEMU (its NBD server
-// exporting the hot-plugged node), so the test sees exactly what a guest inside would read.
+// controller. What the scanner got is read through the scanner's own QEMU (test/lab/scanner.ts).
 import assert from 'node:assert/strict';
-import { chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { execa } from 'execa';
 import { Lab, virsh, type LabVm } from '../lab/lab.js';
 import { errorLines, VIRCPT, vircpt } from '../lab/cli.js';
-import { execa } from 'execa';
 import { imageToRaw } from '../lab/images.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { mountFs } from '../lab/mount.js';
+import { attachCalls, blockDevices, liveXml, readThroughScanner, sameBytes, waitFor } from '../lab/scanner.js';
 import { requireTools, run } from '../lab/tools.js';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Attachment, ExportRecord } from '../../src/exports/export.js';
 import { defaultRuntimeDirs, domainDirName } from '../../src/exports/runtime.js';
 
 const MiB = 1024 * 1024;
-
-interface BlockEntry { device: string; qdev?: string; inserted?: { 'node-name': string; ro: boolean } }
-
-async function qmp<T>(dom: string, execute: string, args?: object): Promise<T> {
-  const out = await virsh('qemu-monitor-command', '--', dom, JSON.stringify({ execute, ...(args && { arguments: args }) }));
-  const reply = JSON.parse(out) as { return?: T; error?: { desc: string } };
-  if (reply.error) throw new Error(`${dom}: ${execute}: ${reply.error.desc}`);
-  return reply.return as T;
-}
-
-/** The scanner's block devices, by qdev id (libvirt names a hot-plugged disk's device by its alias;
- *  a virtio one's qdev is the path of its backend). */
-async function blockDevices(dom: string): Promise<Map<string, BlockEntry>> {
-  const list = await qmp<BlockEntry[]>(dom, 'query-block');
-  return new Map(list.map((b) => [(b.qdev ?? b.device).replace(/^\/machine\/peripheral\/([^/]+)\/virtio-backend$/, '$1'), b]));
-}
-
-/** Copies a hot-plugged disk as the scanner's QEMU sees it: its own NBD server, read-only. */
-async function readThroughScanner(dom: string, alias: string, sockDir: string, out: string): Promise<void> {
-  const node = (await blockDevices(dom)).get(alias)?.inserted?.['node-name'];
-  assert.ok(node, `${dom} has no block node for ${alias}`);
-  const sock = path.join(sockDir, `${alias}.sock`);
-  await qmp(dom, 'nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
-  try {
-    await qmp(dom, 'block-export-add', { type: 'nbd', id: 'vcpt-test', 'node-name': node, name: 'd', writable: false });
-    try {
-      await run('nbdcopy', [`nbd+unix:///d?socket=${sock}`, out]);
-    } finally {
-      await qmp(dom, 'block-export-del', { id: 'vcpt-test' });
-    }
-  } finally {
-    await qmp(dom, 'nbd-server-stop');
-  }
-}
-
-async function sameBytes(a: string, b: string): Promise<boolean> {
-  const [x, y] = await Promise.all([readFile(a), readFile(b)]);
-  return x.equals(y);
-}
-
-const liveXml = (dom: string) => virsh('dumpxml', '--', dom);
-
-/** Running `virsh attach-device` calls for a domain (pids). */
-async function attachCalls(dom: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const p of (await readdir('/proc')).filter((x) => /^\d+$/.test(x))) {
-    const cmd = (await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (cmd.some((a) => a.endsWith('virsh')) && cmd.includes('attach-device') && cmd.includes(dom)) pids.push(Number(p));
-  }
-  return pids;
-}
-
-async function waitFor(cond: () => Promise<boolean>, what: string, ms = 30_000, everyMs = 100): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(everyMs);
-  }
-}
 
 describe('vircpt hotadd and hotremove', () => {
   const lab = new Lab('hotadd');
