@@ -237,6 +237,23 @@ describe('vircpt hotadd and hotremove', () => {
     assert.deepEqual(await leftoversOf(vm.name), []);
   });
 
+  it('reuses a running vircpt export at that checkpoint, and leaves it running at hotremove', async () => {
+    const ex = await cli('export', '--name', 'base', '--json');
+    assert.equal(ex.code, 0, ex.stderr);
+    const startedAt = (JSON.parse(ex.stdout) as ExportRecord).startedAt;
+    const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '-x', 'sda', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { startedAt: string; attachments: Attachment[] };
+    assert.equal(out.startedAt, startedAt, 'the same export, the same point in time');
+    assert.deepEqual(out.attachments.map((a) => a.target), ['vdb']);
+    const rm1 = await cli('hotremove');
+    assert.equal(rm1.code, 0, rm1.stderr);
+    assert.match(rm1.stdout, /the export of \S+ stays \(vircpt export started it; vircpt release ends it\)/);
+    assert.equal(await vm.jobType(), 'Unbounded');
+    assert.equal((await cli('release')).code, 0);
+    assert.deepEqual(await leftoversOf(vm.name), []);
+  });
+
   it('virtio-blk on a paused guest never lets go: hotremove keeps the export and says so; --force releases', async () => {
     const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '-i', 'vdb', '--bus', 'virtio', '--json');
     assert.equal(r.code, 0, r.stderr);
