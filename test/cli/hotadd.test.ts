@@ -24,6 +24,13 @@ describe('vircpt hotadd and hotremove', () => {
   let tmp: string;
   let sockDir: string;
   const cli = (...args: string[]) => vircpt(['-d', vm.name, ...args]);
+  /** Undoes whatever a test's hotadd or export left, also when the test failed half-way. */
+  const undo = (dom = () => vm.name) => async () => {
+    const rec = path.join(defaultRuntimeDirs().runDir, 'export', domainDirName(dom()), 'export.json');
+    if (!(await readFile(rec).then(() => true, () => false))) return; // nothing of ours left: the usual case
+    await vircpt(['-d', dom(), 'hotremove', '--force', '--wait', '0']);
+    await vircpt(['-d', dom(), 'release']);
+  };
 
   before(async () => {
     await requireTools('nbdcopy', 'nbdinfo');
@@ -49,8 +56,8 @@ describe('vircpt hotadd and hotremove', () => {
   it('SCSI: read-only disks with the checkpoint\'s bytes; hotremove leaves the scanner as it was and nothing behind', async (t) => {
     const xmlBefore = await liveXml(scanner.name);
     const blocksBefore = [...(await blockDevices(scanner.name)).keys()].sort();
+    t.after(undo());
     const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '--json');
-    t.after(() => cli('hotremove', '--force'));
     assert.equal(r.code, 0, r.stderr);
     const added = (JSON.parse(r.stdout) as { attachments: Attachment[] }).attachments;
     // The scanner's own SATA sda takes the name, not the SCSI unit: its SCSI disks are sdb and sdc.
@@ -120,7 +127,8 @@ describe('vircpt hotadd and hotremove', () => {
     assert.deepEqual(await leftoversOf(vm.name), []);
   });
 
-  it('a destroyed scanner holds nothing: release then ends the export', async () => {
+  it('a destroyed scanner holds nothing: release then ends the export', async (t) => {
+    t.after(undo());
     const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '-i', 'vdb');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`vdb -> ${scanner.name} sdb \\(scsi, scsi 0:0:0:0\\) serial vcpt-vdb-[0-9a-f]{6}  /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_vcpt-vdb-`));
@@ -184,8 +192,9 @@ describe('vircpt hotadd and hotremove', () => {
     await waitFor(async () => (await vm.jobType()) === 'None', 'the mount releases its export once QEMU closed the file');
   });
 
-  it('a shut-off VM: its qemu-nbd export is handed to the scanner\'s QEMU, read-only, and released', async () => {
+  it('a shut-off VM: its qemu-nbd export is handed to the scanner\'s QEMU, read-only, and released', async (t) => {
     const off = await lab.vm({ disks: [{ target: 'vda', size: 8 * MiB }] });
+    t.after(undo(() => off.name));
     await off.write('vda', 0, 1 * MiB, 0x33);
     assert.equal((await vircpt(['-d', off.name, 'create', '--name', 'c1'])).code, 0);
     await off.destroy();
@@ -206,8 +215,10 @@ describe('vircpt hotadd and hotremove', () => {
   });
 
   it('a vircpt killed during hotadd: the next run records what the scanner got, and hotremove takes it away', async (t) => {
+    t.after(undo());
     const xmlBefore = await liveXml(scanner.name);
-    const child = execa(process.execPath, [VIRCPT, '-d', vm.name, 'hotadd', '--name', 'base', '--to', scanner.name], { reject: false });
+    // Its XML file for virsh, left by the kill, goes to the test's folder.
+    const child = execa(process.execPath, [VIRCPT, '-d', vm.name, 'hotadd', '--name', 'base', '--to', scanner.name], { reject: false, env: { TMPDIR: tmp } });
     // Killed once the record names its first attachment, which it writes just before the attach
     // call: the call may not have started, or may run on as an orphan and plug the disk in.
     const recFile = path.join(defaultRuntimeDirs().runDir, 'export', domainDirName(vm.name), 'export.json');
@@ -237,7 +248,8 @@ describe('vircpt hotadd and hotremove', () => {
     assert.deepEqual(await leftoversOf(vm.name), []);
   });
 
-  it('reuses a running vircpt export at that checkpoint, and leaves it running at hotremove', async () => {
+  it('reuses a running vircpt export at that checkpoint, and leaves it running at hotremove', async (t) => {
+    t.after(undo());
     const ex = await cli('export', '--name', 'base', '--json');
     assert.equal(ex.code, 0, ex.stderr);
     const startedAt = (JSON.parse(ex.stdout) as ExportRecord).startedAt;
@@ -254,7 +266,8 @@ describe('vircpt hotadd and hotremove', () => {
     assert.deepEqual(await leftoversOf(vm.name), []);
   });
 
-  it('virtio-blk on a paused guest never lets go: hotremove keeps the export and says so; --force releases', async () => {
+  it('virtio-blk on a paused guest never lets go: hotremove keeps the export and says so; --force releases', async (t) => {
+    t.after(undo());
     const r = await cli('hotadd', '--name', 'base', '--to', scanner.name, '-i', 'vdb', '--bus', 'virtio', '--json');
     assert.equal(r.code, 0, r.stderr);
     const [a] = (JSON.parse(r.stdout) as { attachments: Attachment[] }).attachments;
