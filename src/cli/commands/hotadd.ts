@@ -11,6 +11,7 @@ import { Instance, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
 import { endWatcher } from '../../exports/scratch-watcher.js';
 import { getCheckpoint } from '../../libvirt/checkpoint.js';
 import { hotplugView, type HotplugBus, type HotplugView } from '../../libvirt/hotplug.js';
+import { isRemoteUri } from '../../libvirt/uri.js';
 import { printJson, selectDisks, type Ctx } from '../context.js';
 import { startGuardedExport } from './export.js';
 
@@ -24,6 +25,11 @@ export interface HotaddOptions {
 /** The running scanner, able to take disks on the bus; one clear line otherwise. */
 async function scannerView(ctx: Ctx, scanner: string, bus: HotplugBus): Promise<HotplugView> {
   if (scanner === ctx.domainName) throw new VircptError('USAGE', `--to ${scanner}: a domain's disks cannot be attached to itself`);
+  if (isRemoteUri(ctx.virsh.uri)) {
+    // The scanner would have to dial the export's TCP port with the backup server's TLS client
+    // certificate: not done yet. Nothing is started.
+    throw new VircptError('UNSUPPORTED', `hotadd over a remote connection (${ctx.virsh.uri}) is not supported yet: run it on the hypervisor (qemu:///system)`);
+  }
   const view = await hotplugView(ctx.virsh, scanner).catch((err: unknown) => {
     if (err instanceof VircptError && err.code === 'DOMAIN_NOT_FOUND') {
       throw new VircptError('DOMAIN_NOT_FOUND', `scanner domain ${scanner} not found (connection ${ctx.opts.uri})`, { cause: err });
