@@ -11,6 +11,7 @@ import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
 // Each command's module is loaded when it runs: a process runs one, and `--help` none.
 const checkpoints = () => import('./commands/checkpoints.js');
 const exporting = () => import('./commands/export.js');
+const hotadd = () => import('./commands/hotadd.js');
 
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -53,6 +54,11 @@ function nbdTls(value: string): NbdTlsMode {
   }
 }
 
+function seconds(value: string): number {
+  if (!/^\d+(\.\d+)?$/.test(value) || Number(value) > 3600) throw new InvalidArgumentError(`'${value}' is not a number of seconds (0 to 3600)`);
+  return Number(value);
+}
+
 function checkpointName(value: string): string {
   if (!/^[^/\s][^/]*$/.test(value) || value.length > 255) throw new InvalidArgumentError(`'${value}' is not a valid checkpoint name`);
   return value;
@@ -60,7 +66,7 @@ function checkpointName(value: string): string {
 
 export function buildProgram(deps: Deps): Command {
   const program = new Command('vircpt')
-    .description('libvirt checkpoints: create, list, delete, export, release, map, info, copy')
+    .description('libvirt checkpoints: create, list, delete, export, release, hotadd, hotremove, map, info, copy')
     .addOption(new Option('-U, --uri <uri>', 'libvirt connection URI').default(defaultUri()))
     .option('-d, --domain <name>', 'the libvirt domain')
     .option('-i, --include <targets>', 'only these disk targets (repeatable, or comma-separated)', collect)
@@ -97,6 +103,19 @@ export function buildProgram(deps: Deps): Command {
     .action(async (o: { name: string; json?: boolean }) => (await exporting()).exportCmd(ctx(), o.name, !!o.json));
   program.command('release').description('stop the export that vircpt export started (or one left by a dead instance of ours)')
     .action(async () => (await exporting()).releaseCmd(ctx()));
+  program.command('hotadd').description('attach a checkpoint\'s disks read-only to another running domain (a scanner), through an export')
+    .requiredOption('--name <name>', 'checkpoint name', checkpointName)
+    .requiredOption('--to <domain>', 'the running domain that gets the disks')
+    .addOption(new Option('--bus <bus>', 'scsi: on a virtio-scsi controller (unplugs at once); virtio: virtio-blk (PCIe hot-plug)').choices(['scsi', 'virtio']).default('scsi'))
+    .option('--json', 'JSON output')
+    .action(async (o: { name: string; to: string; bus: 'scsi' | 'virtio'; json?: boolean }) =>
+      (await hotadd()).hotaddCmd(ctx(), { name: o.name, to: o.to, bus: o.bus, json: !!o.json }));
+  program.command('hotremove').description('detach what hotadd attached, then release the export hotadd started')
+    .option('--to <domain>', 'only from this domain')
+    .option('--wait <seconds>', 'how long each guest may take to let go', seconds, 10)
+    .option('--force', 'release the export even if a guest did not let go')
+    .action(async (o: { to?: string; wait: number; force?: boolean }) =>
+      (await hotadd()).hotremoveCmd(ctx(), { ...(o.to !== undefined && { to: o.to }), waitS: o.wait, force: !!o.force }));
   program.command('map').description('extents changed since a checkpoint (--base: allocation), per disk')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .option('--base', 'allocation extents (base:allocation) instead of the dirty ones')

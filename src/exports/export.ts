@@ -39,6 +39,27 @@ export interface ExportRecord {
   gaveUp?: string;
   /** A remote hypervisor's export: NBD over TCP (disks' `socket` is empty). */
   remote?: RemoteEndpoint;
+  /** Started by `vircpt hotadd`: `hotremove` releases it along with its last attachment. */
+  startedBy?: 'hotadd';
+  /** Its disks hot-plugged into other domains (attachments.ts). */
+  attachments?: Attachment[];
+}
+
+/** One disk of the export plugged read-only into another running domain (a scanner). */
+export interface Attachment {
+  scanner: string;
+  /** The export's disk. */
+  target: string;
+  /** The disk's name, bus and address inside the scanner. */
+  scannerTarget: string;
+  bus: 'scsi' | 'virtio';
+  address: string | undefined;
+  serial: string;
+  /** Its user alias in the scanner: detach finds exactly this device by it. */
+  alias: string;
+  /** `attaching` is written before the attach call: a crash there still leaves its trace. */
+  state: 'attaching' | 'attached';
+  since: string;
 }
 
 /** Where a remote export's NBD server listens, and how to reach it. */

@@ -30,6 +30,8 @@ export interface LabVmOptions {
   /** The domain's name from the lab's unique prefix (odd names: spaces, a leading dash, ...);
    *  default `<prefix>-<n>`. */
   name?: (prefix: string) => string;
+  /** A scanner for hot-plug tests: a virtio-scsi controller and free PCIe root ports. */
+  scanner?: boolean;
 }
 
 export function virsh(...args: string[]): Promise<string> {
@@ -107,7 +109,14 @@ export class LabVm {
 
 const xmlText = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 
-function domainXml(name: string, dir: string, disks: Required<Omit<LabDisk, 'files' | 'image'>>[]): string {
+// Hot-plugged virtio-blk disks each need a free root port; SCSI disks go on the controller.
+// libvirt puts the controller itself behind one of the ports.
+const SCANNER_DEVICES = `    <controller type='pci' index='0' model='pcie-root'/>
+${[1, 2, 3, 4].map((i) => `    <controller type='pci' index='${i}' model='pcie-root-port'/>`).join('\n')}
+    <controller type='scsi' index='0' model='virtio-scsi'/>
+`;
+
+function domainXml(name: string, dir: string, disks: Required<Omit<LabDisk, 'files' | 'image'>>[], scanner = false): string {
   const d = disks.map((k) => `    <disk type='file' device='disk'>
       <driver name='qemu' type='${k.format}'/>
       <source file='${xmlText(path.join(dir, `${k.target}.${k.format}`))}'/>
@@ -120,7 +129,7 @@ function domainXml(name: string, dir: string, disks: Required<Omit<LabDisk, 'fil
   <os><type arch='x86_64' machine='q35'>hvm</type></os>
   <devices>
 ${d}
-  </devices>
+${scanner ? SCANNER_DEVICES : ''}  </devices>
 </domain>
 `;
 }
@@ -155,7 +164,7 @@ export class Lab {
     const vm = new LabVm(name, dir, disks);
     this.#vms.push(vm);
     const xmlFile = path.join(dir, 'domain.xml');
-    await writeFile(xmlFile, domainXml(name, dir, disks));
+    await writeFile(xmlFile, domainXml(name, dir, disks, opts.scanner));
     await virsh('define', xmlFile);
     if (opts.start !== false) await vm.start();
     return vm;

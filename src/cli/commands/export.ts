@@ -5,16 +5,17 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { VircptError } from '../../errors.js';
 import { describeBackup, jobInfo } from '../../libvirt/backup.js';
-import { getCheckpoint } from '../../libvirt/checkpoint.js';
+import { getCheckpoint, type Checkpoint } from '../../libvirt/checkpoint.js';
 import { findExports, findLiveExport, stopExport } from '../../exports/discover.js';
-import { nbdUri, readRecord, type ExportRecord } from '../../exports/export.js';
+import { nbdUri, readRecord, writeRecord, type ExportRecord } from '../../exports/export.js';
 import { assertNoJob } from '../../exports/backup-export.js';
 import { remoteOwner } from '../../exports/remote-export.js';
 import { hostId, Instance, instanceAlive, ownerOfPath, PERSISTENT_INSTANCE } from '../../exports/runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, guardOff } from '../../exports/scratch-guard.js';
 import { endWatcher, startWatcher } from '../../exports/scratch-watcher.js';
+import { reconcile } from '../../exports/attachments.js';
 import { startExport } from '../../exports/start.js';
-import { printJson, remoteOptions, selectDisks, type Ctx } from '../context.js';
+import { printJson, remoteOptions, selectDisks, type Ctx, type SelectedDomain } from '../context.js';
 
 export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<void> {
   const sel = await selectDisks(ctx);
@@ -23,16 +24,27 @@ export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<
   if (live) {
     throw new VircptError('JOB_ACTIVE', `domain ${sel.domain.name} is already exported (instance ${live.instance.id}); see vircpt info`);
   }
+  const rec = await startGuardedExport(ctx, sel, checkpoint);
+  if (json) return printJson(ctx, rec);
+  ctx.stdout(describeExport(rec, name, rec.remote ? remoteAccess(rec.remote) : await whoCanConnect(rec.disks[0]!.socket)));
+}
+
+/**
+ * An export of the persistent instance (it outlives the command; `vircpt release` ends it), with
+ * its scratch guard process when it is a backup job. No guard, no export.
+ */
+export async function startGuardedExport(ctx: Ctx, sel: SelectedDomain, checkpoint: Checkpoint, extra: Partial<ExportRecord> = {}): Promise<ExportRecord> {
   const instance = Instance.of('export', ctx.dirs);
   const reserve = ctx.opts.scratchReserve ?? DEFAULT_SCRATCH_RESERVE;
   let rec = await startExport({
     virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
     instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: reserve, remote: remoteOptions(ctx.opts),
   });
+  const domainDir = instance.domainDir(rec.domain);
+  if (Object.keys(extra).length > 0) await writeRecord(domainDir, (rec = { ...rec, ...extra }));
   const scratch = rec.disks[0]?.scratch;
   if (rec.kind === 'backup' && scratch && !guardOff(reserve) && rec.remote === undefined) {
     // The export outlives this command: its scratch guard is a process of its own. No guard, no export.
-    const domainDir = instance.domainDir(rec.domain);
     try {
       await startWatcher({ uri: ctx.virsh.uri, domain: rec.domain, domainDir, scratchDir: path.dirname(scratch), startedAt: rec.startedAt, reserve });
     } catch (err) {
@@ -41,8 +53,7 @@ export async function exportCmd(ctx: Ctx, name: string, json: boolean): Promise<
     }
     rec = (await readRecord(domainDir)) ?? rec;
   }
-  if (json) return printJson(ctx, rec);
-  ctx.stdout(describeExport(rec, name, rec.remote ? remoteAccess(rec.remote) : await whoCanConnect(rec.disks[0]!.socket)));
+  return rec;
 }
 
 /**
@@ -120,11 +131,20 @@ function describeRemote(rec: ExportRecord, checkpoint: string, lines: string[]):
   return lines.join('\n');
 }
 
+/** BUSY, naming the scanners, while disks of the export are hot-plugged into any (vircpt hotadd). */
+async function refuseWhileAttached(ctx: Ctx, rec: ExportRecord, domainDir: string): Promise<void> {
+  const left = (await reconcile(ctx.virsh, domainDir, rec, ctx.log)).attachments ?? [];
+  if (left.length === 0) return;
+  const where = left.map((a) => `${a.scanner} (${a.target} as ${a.scannerTarget})`).join(', ');
+  throw new VircptError('BUSY', `domain ${rec.domain}: disks of its export are attached to ${where}; detach them first: vircpt -d ${rec.domain} hotremove`);
+}
+
 export async function releaseCmd(ctx: Ctx): Promise<void> {
   const domain = ctx.domainName;
   const found = await findExports(ctx.dirs, domain);
   const ours = found.find((f) => f.instance.id === PERSISTENT_INSTANCE);
   if (ours) {
+    await refuseWhileAttached(ctx, ours.rec, ours.instance.domainDir(domain));
     // Its scratch guard first, so that it cannot act on a job being released.
     await endWatcher(ours.rec);
     const rec = (await readRecord(ours.instance.domainDir(domain))) ?? ours.rec;

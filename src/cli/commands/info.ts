@@ -4,7 +4,9 @@ import { findLiveExport } from '../../exports/discover.js';
 import { nbdUri } from '../../exports/export.js';
 import { whereToConnect } from '../../exports/nbd-disk.js';
 import { NbdClient } from '../../nbd/index.js';
+import { reconcile } from '../../exports/attachments.js';
 import { printJson, type Ctx } from '../context.js';
+import { describeAttachment } from './hotadd.js';
 
 export async function infoCmd(ctx: Ctx, json: boolean): Promise<void> {
   const live = await findLiveExport(ctx.virsh, ctx.dirs, ctx.domainName);
@@ -26,13 +28,15 @@ export async function infoCmd(ctx: Ctx, json: boolean): Promise<void> {
       await client.close();
     }
   }
-  const info = { domain: rec.domain, kind: rec.kind, owner: rec.owner, checkpoint: rec.checkpoint ?? null, startedAt: rec.startedAt, disks };
+  const { attachments = [] } = await reconcile(ctx.virsh, live.instance.domainDir(rec.domain), rec, ctx.log);
+  const info = { domain: rec.domain, kind: rec.kind, owner: rec.owner, checkpoint: rec.checkpoint ?? null, startedAt: rec.startedAt, disks, attachments };
   if (json) return printJson(ctx, info);
   ctx.stdout(`${rec.domain}: ${rec.kind === 'backup' ? `backup job at checkpoint ${rec.checkpoint}` : 'qemu-nbd (shut off)'}, ` +
-    `started ${rec.startedAt} by ${rec.owner === 'export' ? 'vircpt export' : `instance ${rec.owner}`}\n`);
+    `started ${rec.startedAt} by ${rec.owner === 'export' ? `vircpt ${rec.startedBy ?? 'export'}` : `instance ${rec.owner}`}\n`);
   for (const d of disks) {
     ctx.stdout(`  ${d.target}: ${d.uri}\n    size ${d.size}, block sizes min ${d.blockSize.minimum} preferred ${d.blockSize.preferred} ` +
       `max ${d.blockSize.maximum}, ${d.readOnly ? 'read-only' : 'writable'}, multi-conn ${d.canMultiConn ? 'yes' : 'no'}\n` +
       `    contexts: ${d.contexts.join(', ')}\n`);
   }
+  if (attachments.length > 0) ctx.stdout(`attached read-only (vircpt hotadd):\n${attachments.map(describeAttachment).join('\n')}\n`);
 }
