@@ -125,9 +125,14 @@ export async function checkScratch(o: Pick<ScratchGuardOptions, 'virsh' | 'domai
   const reserve = reserveBytes(o.reserve, space.size);
   const low = space.free < reserve;
   if (!low && !o.watchJob) return { kind: 'ok' };
-  // A failed question is no answer: when low, give up anyway (the guest first).
-  const stats = await jobStats(o.virsh, o.domain, STATS_TIMEOUT_MS).catch(() => undefined);
-  if (stats && !stats.running) return { kind: 'gone' };
+  // A failed question is no answer: when low, give up anyway (the guest first). But a domain
+  // that is gone or shut off has no job any more: nothing left to guard.
+  let domainGone = false;
+  const stats = await jobStats(o.virsh, o.domain, STATS_TIMEOUT_MS).catch((err: unknown) => {
+    domainGone = err instanceof VircptError && (err.code === 'DOMAIN_NOT_FOUND' || err.code === 'DOMAIN_NOT_RUNNING');
+    return undefined;
+  });
+  if (domainGone || (stats && !stats.running)) return { kind: 'gone' };
   if (!low) return { kind: 'ok' };
   // Every block already copied: the scratch cannot grow any more, nothing to protect.
   if (stats?.tempUsed !== undefined && stats.tempTotal !== undefined && stats.tempUsed >= stats.tempTotal) return { kind: 'ok' };

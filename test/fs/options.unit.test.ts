@@ -12,7 +12,7 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
   assert.deepEqual({ ...o }, {
     source: 'qemu:///system', mountpoint: '/mnt/x', foreground: false, debug: false, domains: [],
     cacheBytes: DEFAULTS.cacheBytes, idleSeconds: DEFAULTS.idleSeconds, scratch: undefined,
-    scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true, allowOther: false, uid: undefined, gid: undefined,
+    scratchReserve: DEFAULT_SCRATCH_RESERVE, scratchBudget: 0, remote: {}, freeze: true, allowOther: false, uid: undefined, gid: undefined,
     umask: DEFAULTS.umask, directIo: false, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
   });
   const p = parseFsArgs(['-o', 'domain=a,cache=1G', 'default', '-d', '/m', '-odomain=b,idle=5,nofreeze',
