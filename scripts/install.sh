@@ -79,8 +79,13 @@ if [ -z "$tarball" ]; then
     log "no development dependencies in the repository: running scripts/setup.sh"
     bash scripts/setup.sh
   fi
-  log "packing the repository (prepack builds dist/)"
-  npm pack --pack-destination "$work" --loglevel=error >"$work/pack.out" || die "npm pack failed"
+  # Packed from a copy: prepack rebuilds dist/src from nothing, and whatever runs from this
+  # checkout meanwhile (a mount, the test suite) must not see it missing.
+  log "packing the repository (from a copy; prepack builds its dist/)"
+  mkdir "$work/src"
+  tar -c --exclude=./node_modules --exclude=./dist --exclude=./native/build --exclude=./.git -f - . | tar -x -C "$work/src" -f -
+  ln -s "$PWD/node_modules" "$work/src/node_modules"
+  (cd "$work/src" && npm pack --pack-destination "$work" --loglevel=error >"$work/pack.out") || die "npm pack failed"
   tarball=$work/$(tail -n 1 "$work/pack.out")
   [ -f "$tarball" ] || die "npm pack gave no tarball ($(cat "$work/pack.out"))"
 fi
