@@ -14,6 +14,7 @@ import { leftoversOf } from '../lab/leftovers.js';
 import { mountEntry } from '../lab/mount.js';
 import { run } from '../lab/tools.js';
 export { DIRTY_GRAIN, dirtyRanges } from '../lab/dirty.js';
+export { assertSameBytes, firstDiff } from '../fs/helpers.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const KiB = 1024;
@@ -129,20 +130,4 @@ export async function assertNothingLeft(vm: LabVm, mnt: string, guest?: string):
   assert.deepEqual(await loopsUnder(mnt), [], `loop devices left on ${mnt}`);
   assert.deepEqual(await leftoversOf(vm.name), [], `exports left for ${vm.name}`);
   assert.equal(await vm.jobType(), 'None', `${vm.name} still has a backup job`);
-}
-
-/** First differing offset of two buffers (-1 when equal), for messages. */
-export function firstDiff(a: Buffer, b: Buffer): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i += 64 * KiB) {
-    const e = Math.min(n, i + 64 * KiB);
-    if (a.subarray(i, e).equals(b.subarray(i, e))) continue;
-    for (let j = i; j < e; j++) if (a[j] !== b[j]) return j;
-  }
-  return a.length === b.length ? -1 : n;
-}
-
-export function assertSameBytes(actual: Buffer, expected: Buffer, what: string): void {
-  if (actual.equals(expected)) return;
-  assert.fail(`${what}: ${actual.length} bytes vs ${expected.length} expected, first difference at ${firstDiff(actual, expected)}`);
 }
