@@ -161,6 +161,11 @@ export class BlockCache {
     return this.#state(source).zeros;
   }
 
+  knownZeros(source: BlockSource): ZeroMap {
+    const zeros = this.#state(source).zeros;
+    return zeros instanceof ZeroMap ? zeros : ZeroMap.EMPTY;
+  }
+
   /**
    * Starts fetching the blocks of [offset, end) that are neither cached, in flight nor zeros,
    * as few source reads as batching allows. Resolves when they settle; never rejects (a

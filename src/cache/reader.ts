@@ -4,8 +4,11 @@
 // read that enters a chunk (passes its "trigger", Linux's PG_readahead mark) asks for the next,
 // twice as large.
 // The reads themselves never wait for read-ahead.
+// Holes (the zero map, once loaded) do not count: readers that skip them with SEEK_DATA (cp,
+// tar --sparse, qemu-img) stay one stream, and a window holds its size in data, so the next
+// data run is on its way while the reader finishes this one.
 import { VircptError } from '../errors.js';
-import type { BlockSource, CacheReads, ReadaheadOptions } from './types.js';
+import type { BlockSource, CacheReads, Holes, ReadaheadOptions } from './types.js';
 
 const MiB = 1024 * 1024;
 export const DEFAULT_READAHEAD_MIN = 2 * MiB;
@@ -94,7 +97,8 @@ export class Reader {
   }
 
   #observe(offset: number, end: number): void {
-    if (Math.abs(offset - this.#nextOffset) > this.#cfg.reorderSlack) {
+    const zeros = this.#cache.knownZeros(this.source);
+    if (!this.#continues(offset, zeros)) {
       // Random access: no read-ahead until reads are sequential again.
       this.#window = 0;
       this.#aheadEnd = 0;
@@ -112,11 +116,21 @@ export class Reader {
       // read-ahead: the window was too small for it, so the next one is twice as large.
       const from = Math.ceil(end / this.#cfg.blockSize) * this.#cfg.blockSize;
       this.#window = this.#window ? Math.min(this.#window * 2, this.#cfg.maxWindow) : this.#cfg.minWindow;
-      this.#issue(from, this.#window);
+      this.#issue(from, this.#window, zeros);
     } else if (end > this.#trigger) {
       this.#window = Math.min(this.#window * 2, this.#cfg.maxWindow);
-      this.#issue(this.#aheadEnd, this.#window);
+      this.#issue(this.#aheadEnd, this.#window, zeros);
     }
+  }
+
+  /** Whether a read at `offset` goes on with the stream: near where it was, or past it with
+   *  nothing but known zeros in between. */
+  #continues(offset: number, zeros: Holes): boolean {
+    const slack = this.#cfg.reorderSlack;
+    if (Math.abs(offset - this.#nextOffset) <= slack) return true;
+    if (offset < this.#nextOffset) return false;
+    const data = zeros.nextData(this.#nextOffset, this.source.size);
+    return data >= 0 && offset - data <= slack;
   }
 
   /** Drops the blocks this run has read through, short of the reorder slack behind it: a
@@ -129,8 +143,9 @@ export class Reader {
     this.#passedFrom = upTo;
   }
 
-  #issue(from: number, length: number): void {
-    const to = Math.min(from + length, this.source.size);
+  /** Reads ahead from `from` until `length` bytes of data (not known zeros) are covered. */
+  #issue(from: number, length: number, zeros: Holes): void {
+    const to = dataEnd(zeros, from, length, this.source.size);
     if (to <= from) return;
     this.#trigger = from;
     this.#aheadEnd = to;
@@ -138,4 +153,18 @@ export class Reader {
     this.#pending.add(work);
     void work.then(() => this.#pending.delete(work));
   }
+}
+
+/** Where a range from `from` holding `length` bytes outside the zero map ends (at most `size`). */
+export function dataEnd(zeros: Holes, from: number, length: number, size: number): number {
+  let pos = from;
+  let left = length;
+  while (left > 0 && pos < size) {
+    const data = zeros.nextData(pos, size);
+    if (data < 0) return size;
+    const take = Math.min(left, zeros.nextHole(data, size) - data);
+    left -= take;
+    pos = data + take;
+  }
+  return Math.min(pos, size);
 }

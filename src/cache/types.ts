@@ -91,8 +91,16 @@ export interface BlockCacheOptions {
 }
 
 /** What a Reader asks of the cache under it (BlockCache implements it). */
+/** lseek(2)'s view of a source's zero extents (ZeroMap, zero-map.ts): -1 for none. */
+export interface Holes {
+  nextData(offset: number, size: number): number;
+  nextHole(offset: number, size: number): number;
+}
+
 export interface CacheReads {
   read(source: BlockSource, offset: number, length: number, into: Buffer, signal?: AbortSignal): Promise<number>;
+  /** The source's zero map if loaded already, else an empty one (never waits). */
+  knownZeros(source: BlockSource): Holes;
   prefetch(source: BlockSource, offset: number, end: number): Promise<void>;
   dropPassed(source: BlockSource, fromIndex: number, toIndex: number): void;
 }

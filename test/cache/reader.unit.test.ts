@@ -111,6 +111,21 @@ test('a random read resets the window; sequential reads start it again', async (
   assert.deepEqual(into, expected(s.file, 24 * MiB + PIECE, PIECE));
 });
 
+test('a reader that skips a hole (SEEK_DATA, as cp does) stays one stream, and read-ahead fetches the data after it', async (t) => {
+  // Data [0, 6) and [30, 36) MiB, the rest holes.
+  const zeros = [{ offset: 6 * MiB, length: 24 * MiB }, { offset: 36 * MiB, length: 28 * MiB }];
+  const s = await setup(t, 64 * MiB, { zeros });
+  await s.cache.zeroMap(s.src); // loaded, as after the first lseek(SEEK_DATA)
+  const reader = s.cache.reader(s.src);
+  t.after(() => reader.close());
+  await readSequential(s, reader, 0, 6 * MiB);
+  await readSequential(s, reader, 30 * MiB, 36 * MiB);
+  assert.ok(reader.window > 0, 'the jump over the hole did not reset read-ahead');
+  await reader.close();
+  assert.equal(s.cache.stats.misses, 1, 'only the first block was waited for: the second run was read ahead');
+  assert.equal(s.src.bytesRead, 12 * MiB, 'no hole was fetched, no block twice');
+});
+
 test('read-ahead never holds up the current read, and close() stops it', async (t) => {
   const s = await setup(t, 16 * MiB);
   const slow = new FaultySource(s.src);
