@@ -33,8 +33,11 @@ Options (-o, comma-separated, repeatable):
                        (docs/scratch-guard.md)
   freeze | nofreeze    guest-agent fsfreeze around export start (default freeze, when the agent answers)
   readahead=KB         kernel read-ahead of the mount (default ${DEFAULTS.readaheadKb})
-  direct_io            disk files bypass the page cache: faster single passes (cp, rsync,
-                       dd), no warm re-reads from the page cache, no shared mmap
+  page_cache=auto|always|never  when disk files use the kernel's page cache (default auto:
+                       a file's first reader in an export goes past it, which makes single
+                       passes faster, and a reader that comes back uses it; a shared mmap of a
+                       first open fails with ENODEV: use always for such readers)
+  direct_io            the same as page_cache=never
   log=FILE             log to FILE; default: standard error with -f or -d, else syslog when
                        /dev/log exists (journalctl -t vircptfs), else ${DEFAULT_DAEMON_LOG}
   allow_other          let other users reach the mount; what they may read, uid/gid/umask say

@@ -10,6 +10,7 @@ import type { NbdDisk } from '../exports/nbd-disk.js';
 import type { Logger } from '../log.js';
 import { checkpointDisks, type Catalog } from './catalog.js';
 import type { FuseContext, FuseOpenResult, FuseOperations, FuseStat, FuseStatfs } from './fuse/index.js';
+import type { PageCachePolicy } from './options.js';
 import { DIRTY_MAP, diskFileName, NAME_MAX, parsePath, type Node } from './tree.js';
 
 /** Base modes, before the mount's umask: read-only files and directories. */
@@ -24,7 +25,7 @@ const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 
 type Handle =
-  | { kind: 'disk'; path: string; lease: Lease; disk: NbdDisk; reader: Reader }
+  | { kind: 'disk'; path: string; lease: Lease; disk: NbdDisk; reader: Reader; readFrom: boolean }
   | { kind: 'map'; path: string; lease: Lease; data: Buffer };
 
 export interface FilesOptions {
@@ -37,8 +38,8 @@ export interface FilesOptions {
   gid: number;
   /** Mode bits taken away from 0444 / 0555; the kernel enforces the result (default_permissions). */
   umask: number;
-  /** Disk files bypass the page cache: single-pass readers go faster; no mmap(MAP_SHARED). */
-  directIo?: boolean;
+  /** When disk files use the kernel's page cache (options.ts PageCachePolicy); default always. */
+  pageCache?: PageCachePolicy;
   /** The mount's own time, for the root. */
   mountedAt: Date;
 }
@@ -50,6 +51,8 @@ export class Files implements FuseOperations {
   readonly #mapSizes = new Map<string, { startedAt: number; size: number }>();
   /** Per disk file: the export (source id) its pages in the kernel's cache were read from. */
   readonly #pagesFrom = new Map<string, string>();
+  /** Per disk file: the export an open that read from it was closed on (page_cache=auto). */
+  readonly #readThrough = new Map<string, string>();
   #nextFh = 1;
   readonly #dirMode: number;
   readonly #fileMode: number;
@@ -181,7 +184,8 @@ export class Files implements FuseOperations {
         // skipped for attr_timeout after the last getattr and then keeps an older export's pages.
         const keepCache = this.#pagesFrom.get(path) === disk.id;
         this.#pagesFrom.set(path, disk.id);
-        return { fh: this.#add({ kind: 'disk', path, lease, disk, reader: this.#o.cache.reader(disk) }), keepCache, directIo: this.#o.directIo === true };
+        const reader = this.#o.cache.reader(disk);
+        return { fh: this.#add({ kind: 'disk', path, lease, disk, reader, readFrom: false }), keepCache, directIo: this.#directIo(path, disk) };
       }
       const { checkpoint } = await this.#o.catalog.checkpoint(node.domain, node.checkpoint);
       const data = renderDirtyMap(await exp.dirtyMap(node.checkpoint, checkpointDisks(checkpoint)));
@@ -191,6 +195,20 @@ export class Files implements FuseOperations {
       lease.release();
       if (err instanceof VircptError && err.code === 'BUSY') this.#o.log.warn({ path }, err.message);
       throw err;
+    }
+  }
+
+  /**
+   * Whether this open of a disk file goes past the page cache. auto: a first pass (cp, rsync, a
+   * scan, a loop device, which caches above us anyway) costs the kernel a fresh page per 4 KiB
+   * and leaves pages nobody reads again; a reader that comes back to a file of the same export
+   * gets the page cache, and the passes after it are served from memory.
+   */
+  #directIo(path: string, disk: NbdDisk): boolean {
+    switch (this.#o.pageCache ?? 'always') {
+      case 'always': return false;
+      case 'never': return true;
+      case 'auto': return this.#readThrough.get(path) !== disk.id;
     }
   }
 
@@ -218,6 +236,7 @@ export class Files implements FuseOperations {
       if (position >= h.data.length) return 0;
       return h.data.copy(buf, 0, position, Math.min(h.data.length, position + length));
     }
+    h.readFrom = true;
     return h.reader.read(position, length, buf);
   }
 
@@ -248,7 +267,10 @@ export class Files implements FuseOperations {
     const h = this.#handles.get(fh);
     if (!h) return;
     this.#handles.delete(fh);
-    if (h.kind === 'disk') await h.reader.close();
+    if (h.kind === 'disk') {
+      if (h.readFrom) this.#readThrough.set(h.path, h.disk.id);
+      await h.reader.close();
+    }
     h.lease.release();
   }
 

@@ -59,7 +59,7 @@ export async function startFilesystem(o: FsOptions & { uri: string }, dirs: Runt
   const cache = new BlockCache({ maxBytes: o.cacheBytes, readahead: { reorderSlack } });
   const files = new Files({
     catalog: new Catalog(virsh, { domains: o.domains, log }), manager, cache, log,
-    uid: o.uid ?? process.getuid?.() ?? 0, gid: o.gid ?? process.getgid?.() ?? 0, umask: o.umask, directIo: o.directIo, mountedAt: new Date(),
+    uid: o.uid ?? process.getuid?.() ?? 0, gid: o.gid ?? process.getgid?.() ?? 0, umask: o.umask, pageCache: o.pageCache, mountedAt: new Date(),
   });
   // A reader looping on a dead export would otherwise write one line per failed read.
   const lastLogged = new Map<string, number>();

@@ -26,8 +26,8 @@ export interface FsOptions {
   umask: number;
   /** Kernel read-ahead for the mount (KiB). */
   readaheadKb: number;
-  /** Disk files bypass the page cache (per-open direct_io). */
-  directIo: boolean;
+  /** When disk files go through the kernel's page cache (page_cache=; direct_io is `never`). */
+  pageCache: PageCachePolicy;
   /** Daemon log file. */
   logFile: string | undefined;
   /** A remote hypervisor's NBD over TCP: nbd_bind=, nbd_host=, nbd_ports=, nbd_tls=, nbd_certs=. */
@@ -36,7 +36,15 @@ export interface FsOptions {
   scratchBudget: number;
 }
 
-export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024, umask: 0o077 } as const;
+/**
+ * always: every open of a disk file uses the page cache (kept while the export is the same);
+ * never: none does (direct_io); auto: the first reader of a file in an export goes past it, a
+ * reader that comes back (an earlier open read from it and closed) uses it. docs/read-path.md.
+ */
+export type PageCachePolicy = 'auto' | 'always' | 'never';
+const PAGE_CACHE_POLICIES: readonly PageCachePolicy[] = ['auto', 'always', 'never'];
+
+export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024, umask: 0o077, pageCache: 'auto' as PageCachePolicy } as const;
 
 /** What mount(8) and fstab pass along, meaningless here: accepted and ignored. */
 const IGNORED = new Set(['defaults', 'ro', 'rw', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime',
@@ -98,6 +106,12 @@ function parseUmask(text: string): number {
   return Number.parseInt(text, 8);
 }
 
+function parsePageCache(value: string): PageCachePolicy {
+  const p = PAGE_CACHE_POLICIES.find((x) => x === value);
+  if (!p) throw usage(`page_cache=${value}: one of ${PAGE_CACHE_POLICIES.join(', ')}`);
+  return p;
+}
+
 function usage(message: string): VircptError {
   return new VircptError('USAGE', message);
 }
@@ -121,7 +135,8 @@ function applyOption(o: FsOptions, opt: string): void {
     case 'scratch_reserve': o.scratchReserve = parseReserve(need(), key); return;
     case 'readahead': o.readaheadKb = parseUint(need(), key, 65536); return;
     case 'log': o.logFile = need(); return;
-    case 'direct_io': o.directIo = true; return;
+    case 'direct_io': o.pageCache = 'never'; return;
+    case 'page_cache': o.pageCache = parsePageCache(need()); return;
     case 'freeze': o.freeze = true; return;
     case 'nofreeze': o.freeze = false; return;
     case 'allow_other': o.allowOther = true; return;
@@ -145,7 +160,7 @@ export function parseFsArgs(argv: readonly string[]): FsOptions {
   const o: FsOptions = {
     source: '', mountpoint: '', foreground: false, debug: false, domains: [], cacheBytes: DEFAULTS.cacheBytes,
     idleSeconds: DEFAULTS.idleSeconds, scratch: undefined, scratchReserve: DEFAULT_SCRATCH_RESERVE, freeze: true,
-    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, directIo: false, logFile: undefined, remote: {}, scratchBudget: 0,
+    allowOther: false, uid: undefined, gid: undefined, umask: DEFAULTS.umask, readaheadKb: DEFAULTS.readaheadKb, pageCache: DEFAULTS.pageCache, logFile: undefined, remote: {}, scratchBudget: 0,
   };
   const positional: string[] = [];
   for (let i = 0; i < argv.length; i++) {

@@ -13,7 +13,7 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
     source: 'qemu:///system', mountpoint: '/mnt/x', foreground: false, debug: false, domains: [],
     cacheBytes: DEFAULTS.cacheBytes, idleSeconds: DEFAULTS.idleSeconds, scratch: undefined,
     scratchReserve: DEFAULT_SCRATCH_RESERVE, scratchBudget: 0, remote: {}, freeze: true, allowOther: false, uid: undefined, gid: undefined,
-    umask: DEFAULTS.umask, directIo: false, readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
+    umask: DEFAULTS.umask, pageCache: 'auto', readaheadKb: DEFAULTS.readaheadKb, logFile: undefined,
   });
   const p = parseFsArgs(['-o', 'domain=a,cache=1G', 'default', '-d', '/m', '-odomain=b,idle=5,nofreeze',
     '-o', 'scratch=/s,scratch_reserve=5%,readahead=4096,log=/l,allow_other,uid=0,gid=0,umask=027,direct_io']);
@@ -28,8 +28,14 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
   assert.deepEqual(p.scratchReserve, { percent: 5 });
   assert.equal(p.readaheadKb, 4096);
   assert.equal(p.logFile, '/l');
-  assert.equal(p.allowOther && p.directIo, true);
+  assert.equal(p.allowOther && p.pageCache === 'never', true);
   assert.deepEqual([p.uid, p.gid, p.umask], [0, 0, 0o027]);
+});
+
+test('parseFsArgs: page_cache= takes auto, always or never; direct_io is never', () => {
+  for (const p of ['auto', 'always', 'never'] as const) assert.equal(parseFsArgs(['-o', `page_cache=${p}`, 'a', 'b']).pageCache, p);
+  assert.equal(parseFsArgs(['-o', 'direct_io', 'a', 'b']).pageCache, 'never');
+  assert.equal(parseFsArgs(['-o', 'direct_io,page_cache=always', 'a', 'b']).pageCache, 'always', 'the last one wins');
 });
 
 test('parseFsArgs: what mount(8) and fstab pass along is accepted and ignored (README list)', () => {
@@ -48,6 +54,7 @@ test('parseFsArgs: bad input is one usage error naming what was wrong', () => {
     [['-o', 'idle=86401', 'a', 'b'], /up to 86400/],
     [['-o', 'scratch_reserve=100%', 'a', 'b'], /a percentage below 100/],
     [['-o', 'umask=0800', 'a', 'b'], /umask=0800: not an octal mode/],
+    [['-o', 'page_cache=sometimes', 'a', 'b'], /page_cache=sometimes: one of auto, always, never/],
     [['-o', 'uid=4294967295', 'a', 'b'], /uid=4294967295: not a whole number/],
     [['-x', 'a', 'b'], /unknown flag: -x/],
     [['-o'], /-o needs a list/],
