@@ -4,7 +4,8 @@
 // (VMs, mounts, processes, files) is removed at the end, on failure and on SIGINT/SIGTERM.
 //
 // Environment: BENCH_RUNS (runs per test, default 4: keep it even, see roundOrder),
-// BENCH_VIRCPTFS_OPTS (extra -o options, e.g. cache=512M,readahead=4096), BENCH_CPU_PROFILE_DIR
+// BENCH_VIRCPTFS_OPTS (extra -o options, e.g. cache=512M,readahead=4096), BENCH_TESTS (cold
+// tests to run, e.g. cp,dd; default all; BENCH_TESTS=none: only the warm and first-byte runs), BENCH_CPU_PROFILE_DIR
 // (a folder: vircptfs's CPU profile is written there when it exits; see fs-cpu-profile.ts).
 import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, open, readFile, rm, statfs, type FileHandle } from 'node:fs/promises';
@@ -32,6 +33,7 @@ const RELEASE_POLL_MS = 500;
 
 const runs = Number(process.env.BENCH_RUNS ?? 4);
 const extraOpts = (process.env.BENCH_VIRCPTFS_OPTS ?? '').split(',').filter(Boolean);
+const coldTests = process.env.BENCH_TESTS ? COLD_TESTS.filter((t) => process.env.BENCH_TESTS!.split(',').includes(t)) : COLD_TESTS;
 /** Read by fs-cpu-profile.ts inside vircptfs (the child inherits the environment). */
 const PROFILE_DIR_ENV = 'BENCH_CPU_PROFILE_DIR';
 const profileDir = process.env[PROFILE_DIR_ENV];
@@ -136,7 +138,7 @@ function freshExport(fs: Subject, vm: LabVm): FreshExport {
 
 async function coldRuns(subjects: Subject[], samples: Samples, outDir: string, fresh: FreshExport): Promise<void> {
   let round = 0;
-  for (const test of COLD_TESTS) {
+  for (const test of coldTests) {
     for (let i = 0; i < runs; i++, round++) {
       for (const s of roundOrder(subjects, round)) {
         await held(s, fresh, async () => record(samples, s, test, await measure(s, test, DISK_SIZE, outDir, true)));
@@ -241,7 +243,7 @@ async function bench(cleanup: Cleanup): Promise<Results> {
   const subjects = [fs, nbd, qemu];
   const samples: Samples = new Map();
   const fresh = freshExport(fs, vm);
-  note(`cold runs: ${COLD_TESTS.join(', ')} x ${runs} x 3 (vircptfs: a fresh export each)`);
+  note(`cold runs: ${coldTests.join(', ')} x ${runs} x 3 (vircptfs: a fresh export each)`);
   await coldRuns(subjects, samples, work, fresh);
   note('warm re-reads');
   await warmRuns(subjects, samples, work, fresh);

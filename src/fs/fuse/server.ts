@@ -197,7 +197,9 @@ export class Server {
     let writing = false;
     p.then((n) => {
       if (!Number.isInteger(n) || n < 0 || n > length) throw new RangeError(`read returned ${n} of ${length}`);
-      if (n < WRITER_MIN_BYTES) return void this.#addon.replyBuf(this.#s, slot, buf, n);
+      // Small replies, and the only read in flight (one reader waiting on it: a direct_io pass
+      // with cp's 128 KiB reads), are written here: a writer thread would only add a wake-up.
+      if (n < WRITER_MIN_BYTES || (this.#reads.size === 1 && this.#writing.size === 0)) return void this.#addon.replyBuf(this.#s, slot, buf, n);
       // A writer thread copies it to the kernel; the buffer stays untouched until it is done.
       const token = ++this.#lastToken;
       writing = this.#addon.replyBufLater(this.#s, slot, buf, n, token);
