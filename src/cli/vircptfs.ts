@@ -4,11 +4,12 @@ import { DEFAULT_NBD_PORTS, DEFAULT_REMOTE_SCRATCH } from '../exports/remote.js'
 import { defaultRuntimeDirs } from '../exports/runtime.js';
 import { DEFAULT_NBD_CERTS } from '../nbd/tls.js';
 import { DEFAULT_SCRATCH_RESERVE, formatReserve, GUARD_POLL_MS } from '../exports/scratch-guard.js';
-import { startFilesystem, type RunningFs } from '../fs/mount.js';
+import type { RunningFs } from '../fs/mount.js';
 import { DEFAULTS, parseFsArgs, sourceUri, type FsOptions } from '../fs/options.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_DAEMON_LOG } from './daemon.js';
 import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
+import { startFilesystem } from './vircptfs-start.js';
 
 export const FS_USAGE = `Usage: vircptfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT
 
