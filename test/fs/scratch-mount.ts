@@ -8,7 +8,7 @@ import type { TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { isVircptError, VircptError } from '../../src/errors.js';
-import { mountFuse, readMountinfo, type FuseMount, type FuseMountOptions, type FuseOperations, type FuseStat } from '../../src/fs/fuse/index.js';
+import { lazyUnmount, mountFuse, readMountinfo, type FuseMount, type FuseMountOptions, type FuseOperations, type FuseStat } from '../../src/fs/fuse/index.js';
 
 export const execFileP = promisify(execFile);
 export const MIB = 2 ** 20;
@@ -36,7 +36,7 @@ export async function scratchMount(t: TestContext, ops: FuseOperations, options:
   let mount: FuseMount | undefined;
   t.after(async () => {
     if (mount) await Promise.race([mount.unmount().catch(() => {}), sleep(5000)]);
-    if (await isMounted(dir)) await execFileP('fusermount3', ['-uz', dir]).catch(() => {});
+    if (await isMounted(dir)) await lazyUnmount(dir).catch(() => {});
     await rm(dir, { recursive: true, force: true });
   });
   mount = await mountFuse(dir, ops, { toErrno, ...options });
