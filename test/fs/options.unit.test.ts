@@ -32,12 +32,6 @@ test('parseFsArgs: defaults, flags before or after, -o joined or apart, options 
   assert.deepEqual([p.uid, p.gid, p.umask], [0, 0, 0o027]);
 });
 
-test('parseFsArgs: what mount(8) and fstab pass along is accepted and ignored (README list)', () => {
-  const ignored = 'defaults,ro,rw,dev,nodev,suid,nosuid,exec,noexec,atime,noatime,relatime,auto,noauto,user,users,nofail,_netdev,' +
-    'default_permissions,x-systemd.requires=libvirtd.service';
-  assert.deepEqual(parseFsArgs(['-o', ignored, 's://', '/m']), parseFsArgs(['s://', '/m']));
-});
-
 test('parseFsArgs: bad input is one usage error naming what was wrong', () => {
   const cases: Array<[string[], RegExp]> = [
     [['-o', 'bogus', 'a', 'b'], /unknown option: bogus/],
