@@ -10,7 +10,7 @@ import { VircptError, messageOf } from '../errors.js';
 import { instanceAlive, rmdirIfEmpty } from '../exports/runtime.js';
 import { lazyUnmount, readMountinfo } from './fuse/index.js';
 
-export const MOUNT_FSTYPE = 'fuse.vircptfs';
+const MOUNT_FSTYPE = 'fuse.vircptfs';
 /** In the instance's folder; a leading dot: no domain folder has this name (runtime.ts). */
 const MOUNT_RECORD = '.mount.json';
 /** A dead connection answers statfs at once; one that does not answer is not ours to take. */

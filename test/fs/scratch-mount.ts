@@ -27,6 +27,11 @@ export async function requireFuseTools(...more: Array<[tool: string, pkg: string
   await access('/dev/fuse').catch(() => assert.fail('/dev/fuse is missing (Debian package fuse3, kernel module fuse)'));
 }
 
+/** libuv handles of this process (the addon's poll handle among them). */
+export function countLibuvHandles(): number {
+  return (process.report.getReport() as unknown as { libuv: unknown[] }).libuv.length;
+}
+
 export const isMounted = async (dir: string) => (await readMountinfo()).some((m) => m.mountpoint === dir);
 
 /** A fresh directory under /tmp with ops mounted on it; unmounted and removed after the test. */
