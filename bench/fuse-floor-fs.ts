@@ -8,7 +8,8 @@
 import { constants as C } from 'node:fs';
 import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { countLibuvHandles, mountFuse, type FuseOperations, type FuseStat } from '../src/fs/fuse/index.js';
+import { mountFuse, type FuseOperations, type FuseStat } from '../src/fs/fuse/index.js';
+import { countLibuvHandles } from '../test/fs/scratch-mount.js';
 
 const MiB = 1024 * 1024;
 export const FILE_NAME = 'disk.raw';

@@ -123,11 +123,6 @@ function syslogDestination(tag: string, program: string, fallbackFile: string | 
   };
 }
 
-/** A logger that writes nothing (library defaults, tests). */
-export function silentLogger(): Logger {
-  return pinoModule()({ level: 'silent' });
-}
-
 const LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 type Level = (typeof LEVELS)[number];
 

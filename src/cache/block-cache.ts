@@ -12,9 +12,9 @@ import type { Block, BlockCacheOptions, BlockSource, CacheStats, ReadaheadOption
 import { ZeroMap } from './zero-map.js';
 
 const MiB = 1024 * 1024;
-export const DEFAULT_MAX_BYTES = 256 * MiB;
-export const DEFAULT_BLOCK_SIZE = MiB;
-export const DEFAULT_MAX_POOL = 32 * MiB;
+const DEFAULT_MAX_BYTES = 256 * MiB;
+const DEFAULT_BLOCK_SIZE = MiB;
+const DEFAULT_MAX_POOL = 32 * MiB;
 
 /** What the cache knows of a source id. Reads use the BlockSource they are given. */
 interface SourceState {

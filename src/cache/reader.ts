@@ -11,8 +11,8 @@ import { VircptError } from '../errors.js';
 import type { BlockSource, CacheReads, Holes, ReadaheadOptions } from './types.js';
 
 const MiB = 1024 * 1024;
-export const DEFAULT_READAHEAD_MIN = 2 * MiB;
-export const DEFAULT_READAHEAD_MAX = 16 * MiB;
+const DEFAULT_READAHEAD_MIN = 2 * MiB;
+const DEFAULT_READAHEAD_MAX = 16 * MiB;
 /**
  * How far out of order reads of one sequential stream reach JS: libfuse's worker threads each
  * wake the loop through their own handle, and the kernel has a whole read-ahead window of

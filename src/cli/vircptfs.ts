@@ -4,11 +4,12 @@ import { DEFAULT_NBD_PORTS, DEFAULT_REMOTE_SCRATCH } from '../exports/remote.js'
 import { defaultRuntimeDirs } from '../exports/runtime.js';
 import { DEFAULT_NBD_CERTS } from '../nbd/tls.js';
 import { DEFAULT_SCRATCH_RESERVE, formatReserve, GUARD_POLL_MS } from '../exports/scratch-guard.js';
-import { startFilesystem, type RunningFs } from '../fs/mount.js';
-import { DEFAULTS, parseFsArgs, sourceUri, type FsOptions } from '../fs/options.js';
+import type { RunningFs } from '../fs/mount.js';
+import { DEFAULTS, MOUNT8_OPTIONS, parseFsArgs, sourceUri, type FsOptions } from '../fs/options.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_DAEMON_LOG } from './daemon.js';
 import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
+import { startFilesystem } from './vircptfs-start.js';
 
 export const FS_USAGE = `Usage: vircptfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT
 
@@ -46,8 +47,9 @@ Options (-o, comma-separated, repeatable):
                        (default: the mounting user and its group)
   umask=MODE           octal, taken from 0444 (files) and 0555 (directories) (default 0077:
                        0400 and 0500, the owner only); the kernel checks these modes
-  Accepted and ignored (mount(8)/fstab): defaults ro rw dev nodev suid nosuid exec noexec atime
-  noatime relatime auto noauto user users nofail _netdev x-* default_permissions (always on)
+  Accepted and ignored (mount(8)/fstab):
+${wrap(`${MOUNT8_OPTIONS.join(' ')} x-* X-*`, '    ', 92)}
+  (default_permissions is always on)
 
 Remote hypervisors (qemu+ssh://, qemu+tls://; docs/remote.md):
   nbd_bind=ADDR        the address QEMU's NBD server binds on the hypervisor (default: the URI's host)
@@ -64,6 +66,17 @@ group vmscan read, and no one else.
 
 Unmount with: umount MOUNTPOINT (or fusermount3 -u MOUNTPOINT); every export is released.
 `;
+
+/** Words laid out in lines of at most `width` characters, each line indented. */
+function wrap(words: string, indent: string, width: number): string {
+  const lines: string[] = [];
+  for (const word of words.split(' ')) {
+    const last = lines.length - 1;
+    if (last >= 0 && lines[last]!.length + 1 + word.length <= width) lines[last] += ` ${word}`;
+    else lines.push(indent + word);
+  }
+  return lines.join('\n');
+}
 
 export interface FsDeps {
   version: string;

@@ -8,10 +8,9 @@ import { mkdir, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/p
 import path from 'node:path';
 import { VircptError, messageOf } from '../errors.js';
 import { instanceAlive, rmdirIfEmpty } from '../exports/runtime.js';
-import { runProgram } from '../run.js';
-import { readMountinfo } from './fuse/index.js';
+import { lazyUnmount, readMountinfo } from './fuse/index.js';
 
-export const MOUNT_FSTYPE = 'fuse.vircptfs';
+const MOUNT_FSTYPE = 'fuse.vircptfs';
 /** In the instance's folder; a leading dot: no domain folder has this name (runtime.ts). */
 const MOUNT_RECORD = '.mount.json';
 /** A dead connection answers statfs at once; one that does not answer is not ours to take. */
@@ -56,13 +55,9 @@ async function connectionDead(abs: string): Promise<boolean> {
 
 /** Lazily unmounts a dead FUSE mount (its daemon is gone; nothing can be served from it). */
 async function detachStale(mountpoint: string): Promise<void> {
-  for (const tool of ['fusermount3', 'fusermount']) {
-    const r = await runProgram(tool, ['-uz', mountpoint], { timeoutMs: 15_000 });
-    if (r.exitCode === 0) return;
-    if (tool === 'fusermount') {
-      throw new VircptError('BUSY', `mountpoint ${mountpoint} holds a dead FUSE mount that could not be removed: ${messageOf(r.stderr || r.error?.message || `exit code ${r.exitCode}`)}`);
-    }
-  }
+  await lazyUnmount(mountpoint).catch((err: unknown) => {
+    throw new VircptError('BUSY', `mountpoint ${mountpoint} holds a dead FUSE mount that could not be removed: ${messageOf(err)}`, { cause: err });
+  });
 }
 
 async function mountRecords(runDir: string): Promise<Array<{ instance: string; file: string; rec: MountRecord }>> {

@@ -46,12 +46,19 @@ const PAGE_CACHE_POLICIES: readonly PageCachePolicy[] = ['auto', 'always', 'neve
 
 export const DEFAULTS = { cacheBytes: 256 * 1024 * 1024, idleSeconds: 30, readaheadKb: 1024, umask: 0o077, pageCache: 'auto' as PageCachePolicy } as const;
 
-/** What mount(8) and fstab pass along, meaningless here: accepted and ignored. */
-const IGNORED = new Set(['defaults', 'ro', 'rw', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime',
-  'noatime', 'relatime', 'strictatime', 'nodiratime', 'auto', 'noauto', 'user', 'users', 'nouser', 'nofail', '_netdev',
-  'async', 'sync',
-  // The kernel always checks modes (mount.ts): kept so that existing fstab lines still mount.
-  'default_permissions']);
+/**
+ * What mount(8), fstab and systemd pass along (generic mount flags, fstab and utab bookkeeping,
+ * boot ordering), meaningless here: accepted and ignored, with any value (`user=NAME`,
+ * `comment=...`), as are names starting with x- or X- (userspace options). The one list of
+ * them: the mount helper (mount-helper/mount.fuse.vircptfs) passes every option on to vircptfs,
+ * and `--help` and the README show this list.
+ */
+export const MOUNT8_OPTIONS: readonly string[] = ['defaults', 'ro', 'rw', 'dev', 'nodev', 'suid', 'nosuid', 'exec',
+  'noexec', 'atime', 'noatime', 'relatime', 'strictatime', 'nodiratime', 'async', 'sync', 'auto', 'noauto', 'user',
+  'users', 'nouser', 'owner', 'group', 'nofail', '_netdev', 'comment', 'helper', 'uhelper',
+  // The kernel always checks modes (fs/mount.ts): kept so that existing fstab lines still mount.
+  'default_permissions'];
+const IGNORED = new Set(MOUNT8_OPTIONS);
 /** The largest uid/gid: (uid_t)-1 means "unchanged" to the kernel. */
 const MAX_ID = 0xffff_fffe;
 
@@ -150,7 +157,7 @@ function applyOption(o: FsOptions, opt: string): void {
     case 'nbd_certs': o.remote.certs = need(); return;
     case 'scratch_budget': o.scratchBudget = parseSize(need(), key); return;
     default:
-      if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') return;
+      if (IGNORED.has(key) || /^[xX]-/.test(key)) return;
       throw usage(`unknown option: ${opt}`);
   }
 }

@@ -5,7 +5,7 @@
 //   /<domain>/<checkpoint>/dirty-map.json
 
 export const DIRTY_MAP = 'dirty-map.json';
-export const RAW_SUFFIX = '.raw';
+const RAW_SUFFIX = '.raw';
 /** The longest path component, in bytes (NAME_MAX). FUSE forwards names of up to 1024 bytes:
  *  the length is ours to refuse. */
 export const NAME_MAX = 255;

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DEFAULT_REORDER_SLACK, type Reader } from '../../src/cache/index.js';
 import { isVircptError } from '../../src/errors.js';
-import { FaultySource, until } from './file-source.js';
+import { FaultySource } from './file-source.js';
 import { expected, KiB, MiB, readAt, rng, setup, type Setup } from './helpers.js';
 
 const PIECE = 128 * KiB; // libfuse 2's read size (it could not raise max_read)

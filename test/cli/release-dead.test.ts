@@ -7,7 +7,7 @@ import { startBackupExport } from '../../src/exports/backup-export.js';
 import { defaultRuntimeDirs, Instance, instanceId } from '../../src/exports/runtime.js';
 import { blockInfo, getDomain } from '../../src/libvirt/domain.js';
 import { Virsh } from '../../src/libvirt/virsh.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../silent-logger.js';
 import { vircpt } from '../lab/cli.js';
 import { Lab, LAB_URI, virsh as labVirsh, type LabVm } from '../lab/lab.js';
 import { leftoversOf } from '../lab/leftovers.js';

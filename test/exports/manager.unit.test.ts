@@ -11,7 +11,7 @@ import type { ExportRecord } from '../../src/exports/export.js';
 import { ExportManager } from '../../src/exports/manager.js';
 import { Instance } from '../../src/exports/runtime.js';
 import type { Virsh } from '../../src/libvirt/virsh.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../silent-logger.js';
 
 const IDLE_MS = 1000;
 

@@ -11,7 +11,7 @@ import type { ExportRecord } from '../../src/exports/export.js';
 import { defaultRuntimeDirs, Instance } from '../../src/exports/runtime.js';
 import { blockInfo, getDomain } from '../../src/libvirt/domain.js';
 import { Virsh, type CallOptions } from '../../src/libvirt/virsh.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../silent-logger.js';
 import { Lab, LAB_URI, virsh as labVirsh, type LabVm } from '../lab/lab.js';
 import { leftoversOf } from '../lab/leftovers.js';
 

@@ -7,8 +7,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isVircptError } from '../../src/errors.js';
-import { countLibuvHandles, mountFuse, readMountinfo, setReadAhead, type FuseOperations } from '../../src/fs/fuse/index.js';
-import { DIR, execFileP, file, isMounted, MIB, notFound, scratchMount } from './scratch-mount.js';
+import { mountFuse, readMountinfo, setReadAhead, type FuseOperations } from '../../src/fs/fuse/index.js';
+import { countLibuvHandles, DIR, execFileP, file, isMounted, MIB, notFound, scratchMount } from './scratch-mount.js';
 
 const GIB = 2 ** 30;
 const READERS = 16;

@@ -38,12 +38,6 @@ test('parseFsArgs: page_cache= takes auto, always or never; direct_io is never',
   assert.equal(parseFsArgs(['-o', 'direct_io,page_cache=always', 'a', 'b']).pageCache, 'always', 'the last one wins');
 });
 
-test('parseFsArgs: what mount(8) and fstab pass along is accepted and ignored (README list)', () => {
-  const ignored = 'defaults,ro,rw,dev,nodev,suid,nosuid,exec,noexec,atime,noatime,relatime,auto,noauto,user,users,nofail,_netdev,' +
-    'default_permissions,x-systemd.requires=libvirtd.service';
-  assert.deepEqual(parseFsArgs(['-o', ignored, 's://', '/m']), parseFsArgs(['s://', '/m']));
-});
-
 test('parseFsArgs: bad input is one usage error naming what was wrong', () => {
   const cases: Array<[string[], RegExp]> = [
     [['-o', 'bogus', 'a', 'b'], /unknown option: bogus/],

@@ -8,7 +8,7 @@ import type { TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { isVircptError, VircptError } from '../../src/errors.js';
-import { mountFuse, readMountinfo, type FuseMount, type FuseMountOptions, type FuseOperations, type FuseStat } from '../../src/fs/fuse/index.js';
+import { lazyUnmount, mountFuse, readMountinfo, type FuseMount, type FuseMountOptions, type FuseOperations, type FuseStat } from '../../src/fs/fuse/index.js';
 
 export const execFileP = promisify(execFile);
 export const MIB = 2 ** 20;
@@ -27,6 +27,11 @@ export async function requireFuseTools(...more: Array<[tool: string, pkg: string
   await access('/dev/fuse').catch(() => assert.fail('/dev/fuse is missing (Debian package fuse3, kernel module fuse)'));
 }
 
+/** libuv handles of this process (the addon's poll handle among them). */
+export function countLibuvHandles(): number {
+  return (process.report.getReport() as unknown as { libuv: unknown[] }).libuv.length;
+}
+
 export const isMounted = async (dir: string) => (await readMountinfo()).some((m) => m.mountpoint === dir);
 
 /** A fresh directory under /tmp with ops mounted on it; unmounted and removed after the test. */
@@ -36,7 +41,7 @@ export async function scratchMount(t: TestContext, ops: FuseOperations, options:
   let mount: FuseMount | undefined;
   t.after(async () => {
     if (mount) await Promise.race([mount.unmount().catch(() => {}), sleep(5000)]);
-    if (await isMounted(dir)) await execFileP('fusermount3', ['-uz', dir]).catch(() => {});
+    if (await isMounted(dir)) await lazyUnmount(dir).catch(() => {});
     await rm(dir, { recursive: true, force: true });
   });
   mount = await mountFuse(dir, ops, { toErrno, ...options });

@@ -9,6 +9,7 @@ import { execa, type ResultPromise } from 'execa';
 import { VIRCPTFS } from './cli.js';
 import { LAB_URI } from './lab.js';
 import { processStartTime } from '../../src/exports/runtime.js';
+import { lazyUnmount } from '../../src/fs/fuse/index.js';
 import { requireTools } from './tools.js';
 
 export interface MountOptions {
@@ -121,7 +122,7 @@ export class FsMount {
   async cleanup(): Promise<void> {
     if (await mountEntry(this.dir)) {
       await execa('fusermount3', ['-u', this.dir], { reject: false, timeout: 10_000 });
-      if (await mountEntry(this.dir)) await execa('fusermount3', ['-uz', this.dir], { reject: false, timeout: 10_000 });
+      if (await mountEntry(this.dir)) await lazyUnmount(this.dir).catch(() => {});
     }
     if (!this.#exit) {
       try { process.kill(this.pid, 'SIGTERM'); } catch { /* already gone */ }
@@ -131,7 +132,7 @@ export class FsMount {
         await this.exited;
       }
     }
-    if (await mountEntry(this.dir)) await execa('fusermount3', ['-uz', this.dir], { reject: false, timeout: 10_000 });
+    if (await mountEntry(this.dir)) await lazyUnmount(this.dir).catch(() => {});
     await rmdir(this.dir).catch(() => {});
   }
 

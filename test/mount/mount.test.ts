@@ -128,11 +128,11 @@ describe('vircptfs through install.sh, mount(8), fstab and umount', () => {
     const loaded = await execa(process.execPath, ['-p', `typeof require(${JSON.stringify(addon)}).mount`]);
     assert.equal(loaded.stdout, 'function', 'the installed copy carries the FUSE addon');
 
-    // What mount(8) owns is dropped before vircptfs sees the options; -f (fake) mounts nothing.
-    const fake = await runProgram(HELPER, [LAB_URI, '/nonexistent', '-s', '-f', '-n', '-v', '-o',
-      'rw,domain=a,_netdev,nofail,noauto,user,x-systemd.automount,comment=x', '-t', 'fuse.vircptfs'], true);
+    // Every option reaches vircptfs as it came (vircptfs ignores mount(8)'s own); -f (fake) mounts nothing.
+    const opts = 'rw,domain=a,_netdev,nofail,noauto,user,x-systemd.automount,comment=x';
+    const fake = await runProgram(HELPER, [LAB_URI, '/nonexistent', '-s', '-f', '-n', '-v', '-o', opts, '-t', 'fuse.vircptfs'], true);
     assert.equal(fake.code, 0, fake.stderr);
-    assert.equal(fake.stderr, `mount.fuse.vircptfs: running: ${nodeOf(helper)} ${INSTALLED_JS} -o rw,domain=a ${LAB_URI} /nonexistent`);
+    assert.equal(fake.stderr, `mount.fuse.vircptfs: running: ${nodeOf(helper)} ${INSTALLED_JS} -o ${opts} ${LAB_URI} /nonexistent`);
     const wrongType = await runProgram(HELPER, [LAB_URI, '/nonexistent', '-t', 'fuse.sshfs'], true);
     assert.equal(wrongType.code, MOUNT_USAGE);
     assert.equal(errorLines(wrongType.stderr).length, 1, wrongType.stderr);

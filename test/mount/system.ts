@@ -6,6 +6,7 @@ import { mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { processStartTime } from '../../src/exports/runtime.js';
+import { lazyUnmount } from '../../src/fs/fuse/index.js';
 import { mountEntry } from '../lab/mount.js';
 
 export { mountEntry };
@@ -99,7 +100,7 @@ export async function cleanupMountpoint(dir: string): Promise<void> {
   const pids = await daemonsOf(dir).catch(() => []);
   for (let i = 0; i < 3 && (await mountEntry(dir)); i++) {
     await execa('umount', [dir], { reject: false, timeout: 10_000 });
-    if (await mountEntry(dir)) await execa('fusermount3', ['-uz', dir], { reject: false, timeout: 10_000 });
+    if (await mountEntry(dir)) await lazyUnmount(dir).catch(() => {});
   }
   // SIGTERM first: the daemon releases its exports on it; SIGKILL would leave them to the next mount.
   for (const signal of ['SIGTERM', 'SIGKILL'] as const) {

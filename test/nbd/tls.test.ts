@@ -3,7 +3,7 @@
 // be wrong fails with one line and never falls back to plaintext.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { isVircptError } from '../../src/errors.js';

@@ -14,7 +14,7 @@ import { leftoversOf } from '../lab/leftovers.js';
 import { mountEntry } from '../lab/mount.js';
 import { run } from '../lab/tools.js';
 export { DIRTY_GRAIN, dirtyRanges } from '../lab/dirty.js';
-export { assertSameBytes, firstDiff } from '../fs/helpers.js';
+export { assertSameBytes, firstDiff, waitReleased } from '../fs/helpers.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const KiB = 1024;
@@ -83,18 +83,6 @@ export async function bashOk(script: string, opts: { bin: string; cwd?: string }
   const out = { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
   assert.equal(out.code, 0, `bash failed (${out.code}):\n${script}\nstdout: ${out.stdout}\nstderr: ${out.stderr}`);
   return out;
-}
-
-/** Waits until the domain has no backup job and nothing of ours is left for it (export released). */
-export async function waitReleased(vm: LabVm, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const job = await vm.jobType();
-    const left = await leftoversOf(vm.name);
-    if (job === 'None' && left.length === 0) return;
-    if (Date.now() > deadline) assert.fail(`${vm.name}: export not released after ${timeoutMs} ms (job ${job}; left: ${left.join(' ')})`);
-    await sleep(100);
-  }
 }
 
 /** Loop devices whose backing file lies under `dir` (losetup -a lists "dev: [..]:ino (file)"). */

@@ -68,3 +68,25 @@ test('vircptfs does not load commander (the vircpt command line) on its way in',
   const withCommander = [...seen].filter((f) => /from 'commander'/.test(readFileSync(path.join(ROOT, f), 'utf8')));
   assert.deepEqual(withCommander, []);
 });
+
+/** docs/design.md's layers, top first: a module imports its own layer and those below it. */
+const LAYERS = [['cli', 'bin'], ['fs'], ['copy'], ['exports'], ['cache'], ['nbd'], ['libvirt'], ['']];
+const layerOf = (file: string) => {
+  const dir = file.split('/').length > 2 ? file.split('/')[1]! : '';
+  return LAYERS.findIndex((l) => l.includes(dir));
+};
+
+test('src imports only its own layer and those below it; the cache never imports nbd', () => {
+  const graph = importGraph();
+  const upward: string[] = [];
+  for (const [file, deps] of graph) {
+    if (!file.startsWith('src/')) continue;
+    for (const dep of deps) {
+      const cacheToNbd = file.startsWith('src/cache/') && dep.startsWith('src/nbd/');
+      if (layerOf(dep) < layerOf(file) || cacheToNbd) upward.push(`${file} -> ${dep}`);
+    }
+  }
+  const missing = LAYERS.flat().filter((l) => l !== '' && ![...graph.keys()].some((f) => f.startsWith(`src/${l}/`)));
+  assert.deepEqual(missing, [], 'every layer named is a folder of src');
+  assert.deepEqual(upward, []);
+});

@@ -5,7 +5,7 @@
 // for another path while the kernel holds them (a collision probes on).
 import { createHash } from 'node:crypto';
 
-export const ROOT_INO = 1;
+const ROOT_INO = 1;
 /** Inode numbers stay below 2^53 (exact in a double, which is how they cross to C). */
 const INO_SPACE = 2 ** 52;
 

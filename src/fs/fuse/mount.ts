@@ -1,10 +1,9 @@
 // A mount's life: mounting (resolved once the kernel sent INIT), the end of its session however
 // it comes (unmount here, umount from outside, the connection aborted), and a mount that left
 // this mount namespace while a copy in another one (libvirt gives each QEMU one) still holds it.
-import { execFile } from 'node:child_process';
 import { realpath, stat } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { VircptError, messageOf } from '../../errors.js';
+import { runProgram } from '../../run.js';
 import { fuseMountEntry, readMountinfo } from './mountinfo.js';
 import { loadAddon, type Addon, type Session } from './native.js';
 import { fuseOptionList } from './options.js';
@@ -15,6 +14,21 @@ const MOUNTINFO_POLL_MS = 500;
 const DEADLOCK_GUARD_MS = 5000;
 /** Linux's PATH_MAX, less the terminating NUL. */
 const PATH_MAX = 4095;
+const FUSERMOUNT_TIMEOUT_MS = 15_000;
+
+/**
+ * Detaches the FUSE mount at `mountpoint` lazily (like umount -l) with fusermount3 -uz: the way
+ * without a session of ours (a dead mount left by a killed daemon), and for a user who may not
+ * umount2(2) (fusermount3 is setuid root). The one way this program unmounts besides the
+ * addon's umount2(MNT_DETACH) on its own session (Mount.unmount).
+ */
+export async function lazyUnmount(mountpoint: string): Promise<void> {
+  const r = await runProgram('fusermount3', ['-u', '-z', '--', mountpoint], { timeoutMs: FUSERMOUNT_TIMEOUT_MS });
+  if (r.exitCode === 0) return;
+  const why = r.error?.code === 'ENOENT' ? 'not installed (Debian: fuse3)'
+    : r.stderr || r.error?.message || (r.timedOut ? `no answer within ${FUSERMOUNT_TIMEOUT_MS / 1000} s` : `exit code ${r.exitCode}`);
+  throw new VircptError('IO', `fusermount3 -uz ${mountpoint}: ${why}`);
+}
 
 class Mount implements FuseMount {
   readonly exited: Promise<FuseLoopExit>;
@@ -103,9 +117,8 @@ class Mount implements FuseMount {
           if (!(await this.#stillMounted())) return this.exited.then(() => {});
           throw new VircptError('IO', `cannot unmount ${this.mountpoint}: ${messageOf(err)}`, { cause: err });
         }
-        await promisify(execFile)('fusermount3', ['-u', '-z', '--', this.mountpoint]).catch(async (e: unknown) => {
-          if (!(await this.#stillMounted())) return;
-          throw new VircptError('IO', `fusermount3 -uz ${this.mountpoint} (Debian: fuse3): ${messageOf(e)}`, { cause: e });
+        await lazyUnmount(this.mountpoint).catch(async (e: unknown) => {
+          if (await this.#stillMounted()) throw e;
         });
       }
     }

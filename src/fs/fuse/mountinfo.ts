@@ -27,8 +27,3 @@ export async function setReadAhead(mountpoint: string, kb: number): Promise<void
   if (!entry) throw new VircptError('NOT_FOUND', `no FUSE mount at ${mountpoint}`);
   await writeFile(`/sys/class/bdi/${entry.devId}/read_ahead_kb`, `${kb}\n`);
 }
-
-/** libuv handles of this process (the addon's poll handle among them). */
-export function countLibuvHandles(): number {
-  return (process.report.getReport() as unknown as { libuv: unknown[] }).libuv.length;
-}
