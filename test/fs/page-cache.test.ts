@@ -17,6 +17,21 @@ async function resident(file: string): Promise<number> {
   return Number((await execa('fincore', ['--bytes', '--noheadings', '--output', 'RES', file])).stdout.trim());
 }
 
+/**
+ * Reads the file whole (bytes checked) and returns how much of it the page cache then holds. A
+ * pass that leaves it all there is what is asked; another process dropping the machine's caches
+ * (a benchmark's drop_caches) between the read and the count shows as less, so up to 3 passes.
+ */
+async function cachedPass(file: string, ref: Buffer): Promise<number> {
+  let held = 0;
+  for (let pass = 0; pass < 3 && held < ref.length; pass++) {
+    assertSameBytes(await readFile(file), ref, `pass ${pass}`);
+    held = await resident(file);
+    if (held === 0) break; // nothing at all: not a cached open, no retry hides that
+  }
+  return held;
+}
+
 /** `ok`, or why a read-only shared mmap of `file` failed (a new open of it, which reads nothing). */
 async function sharedMmap(file: string): Promise<string> {
   const r = await execa('python3', ['-c', MMAP_PY, file], { reject: false, env: { LC_ALL: 'C' } });
@@ -57,8 +72,7 @@ describe('vircptfs page_cache=auto|always|never', () => {
     assertSameBytes(await readFile(disk()), ref, 'first pass');
     assert.equal(await sharedMmap(disk()), 'ok', 'a reader that comes back uses the page cache');
     assert.equal(await resident(disk()), 0, 'the first pass left nothing in the page cache');
-    assertSameBytes(await readFile(disk()), ref, 'second pass');
-    assert.equal(await resident(disk()), SIZE, 'the second pass is in the page cache');
+    assert.equal(await cachedPass(disk(), ref), SIZE, 'the second pass is in the page cache');
     assertSameBytes(await readFile(disk()), ref, 'third pass, from the page cache');
 
     await waitReleased(vm);
@@ -71,8 +85,7 @@ describe('vircptfs page_cache=auto|always|never', () => {
     await remount('always');
     assert.equal(await sharedMmap(disk()), 'ok');
     assert.equal(await resident(disk()), 0);
-    assertSameBytes(await readFile(disk()), ref, 'first pass');
-    assert.equal(await resident(disk()), SIZE);
+    assert.equal(await cachedPass(disk(), ref), SIZE, 'the first pass is in the page cache');
   });
 
   it('never (also spelled direct_io): no pass uses the page cache', async () => {
