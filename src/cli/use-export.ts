@@ -10,6 +10,7 @@ import { Instance } from '../exports/runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard } from '../exports/scratch-guard.js';
 import { RemoteScratchBudget } from '../exports/remote-guard.js';
 import { startExport } from '../exports/start.js';
+import { jobInfo } from '../libvirt/backup.js';
 import { getCheckpoint } from '../libvirt/checkpoint.js';
 import { remoteOptions, selectDisks, type Ctx } from './context.js';
 
@@ -97,7 +98,10 @@ async function throughRunningExport(ctx: Ctx, checkpointName: string): Promise<O
 
 /** libvirt's view of the domain and checkpoint; a running export of ours, or one of our own. */
 async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened> {
-  // Independent libvirt look-ups, at once: each virsh call costs tens of milliseconds.
+  // Independent libvirt look-ups, at once, the job check too (a backup-begin while another job
+  // runs would wait 30 s for libvirt's job lock before failing, so the check comes first).
+  const job = jobInfo(ctx.virsh, ctx.domainName);
+  job.catch(() => undefined); // awaited (and reported) by the start, if it gets that far
   const [sel, checkpoint, live] = await Promise.all([
     selectDisks(ctx),
     getCheckpoint(ctx.virsh, ctx.domainName, checkpointName),
@@ -113,6 +117,7 @@ async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened>
     rec = await startExport({
       virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
       instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: ctx.opts.scratchReserve, remote: remoteOptions(ctx.opts),
+      job: sel.domain.active ? job : undefined,
     });
   }
   const exp = new ActiveExport(rec, !!live, ctx.virsh, { connections: NBD_CONNECTIONS });
