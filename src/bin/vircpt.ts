@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // vircpt: the only place that reads argv, handles signals and exits.
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import v8 from 'node:v8';
 import { EXIT_INTERRUPTED } from '../cli/exit.js';
+import { textLogger } from '../cli/text-log.js';
 import { runVircpt } from '../cli/vircpt.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
 import { lazyLogger } from '../log.js';
@@ -27,7 +28,8 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 const code = await runVircpt(argv, {
   version: pkg.version,
-  log: lazyLogger({ level: verbose ? 'debug' : 'warn', prefix: 'vircpt' }),
+  // Without -v only warnings and errors are written: plain lines, no pino (cli/text-log.ts).
+  log: verbose ? lazyLogger({ level: 'debug', prefix: 'vircpt' }) : textLogger('vircpt', (line) => writeSync(2, line)),
   dirs: defaultRuntimeDirs(),
   stdout: (s) => process.stdout.write(s),
   stderr: (s) => process.stderr.write(s),
