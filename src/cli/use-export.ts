@@ -25,7 +25,13 @@ export interface ExportUse {
 /** An export in use, with the instance that started it when that is us. */
 type Opened = ExportUse & { instance?: Instance };
 
-const NBD_CONNECTIONS = 2;
+/**
+ * How map and copy read: 2 connections, each with 2 reads of 1 MiB in flight. A copy streams
+ * the disk, and against the client's 8 x 256 KiB (made for the filesystem's bursts of reads)
+ * these took half the time and CPU, ours and QEMU's, without QEMU's page faults growing much
+ * (docs/benchmarks.md, "Start-up of vircpt").
+ */
+const NBD_OPTIONS = { connections: 2, requestSize: 1024 * 1024, maxInFlight: 2 } as const;
 
 export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: ExportUse) => Promise<T>): Promise<T> {
   const { instance, ...use } = (await throughRunningExport(ctx, checkpointName)) ?? (await lookUpAndStart(ctx, checkpointName));
@@ -80,7 +86,7 @@ async function throughRunningExport(ctx: Ctx, checkpointName: string): Promise<O
   const known = found.rec.checkpoint === checkpointName || found.rec.disks.some((d) => Object.hasOwn(d.dirtyContexts, checkpointName));
   const checkpoint = known ? undefined : getCheckpoint(ctx.virsh, ctx.domainName, checkpointName);
   checkpoint?.catch(() => undefined); // awaited below
-  const exp = new ActiveExport(found.rec, true, ctx.virsh, { connections: NBD_CONNECTIONS });
+  const exp = new ActiveExport(found.rec, true, ctx.virsh, NBD_OPTIONS);
   try {
     const serving = await Promise.all(targets.map((t) => exp.disk(t))).then(() => true, () => false);
     await checkpoint;
@@ -120,7 +126,7 @@ async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened>
       job: sel.domain.active ? job : undefined,
     });
   }
-  const exp = new ActiveExport(rec, !!live, ctx.virsh, { connections: NBD_CONNECTIONS });
+  const exp = new ActiveExport(rec, !!live, ctx.virsh, NBD_OPTIONS);
   const targets = sel.targets.filter((t) => exp.hasDisk(t));
   if (targets.length === 0) {
     await exp.close();
