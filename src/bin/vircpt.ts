@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // vircpt: the only place that reads argv, handles signals and exits.
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import v8 from 'node:v8';
 import { EXIT_INTERRUPTED } from '../cli/exit.js';
-import { runVircpt } from '../cli/vircpt.js';
+import { textLogger } from '../cli/text-log.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
 import { lazyLogger } from '../log.js';
 
@@ -14,6 +14,13 @@ v8.setFlagsFromString('--no-opt');
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 const argv = process.argv.slice(2);
+// `vircpt --version` alone needs no command line parser: answered before one is loaded (the same
+// line commander prints).
+if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+  process.stdout.write(`vircpt ${pkg.version}\n`);
+  process.exit(0);
+}
+const { runVircpt } = await import('../cli/vircpt.js');
 const verbose = argv.includes('-v') || argv.includes('--verbose');
 const controller = new AbortController();
 let interrupted = 0;
@@ -27,7 +34,8 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 const code = await runVircpt(argv, {
   version: pkg.version,
-  log: lazyLogger({ level: verbose ? 'debug' : 'warn', prefix: 'vircpt' }),
+  // Without -v only warnings and errors are written: plain lines, no pino (cli/text-log.ts).
+  log: verbose ? lazyLogger({ level: 'debug', prefix: 'vircpt' }) : textLogger('vircpt', (line) => writeSync(2, line)),
   dirs: defaultRuntimeDirs(),
   stdout: (s) => process.stdout.write(s),
   stderr: (s) => process.stderr.write(s),

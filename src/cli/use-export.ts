@@ -10,6 +10,7 @@ import { Instance } from '../exports/runtime.js';
 import { DEFAULT_SCRATCH_RESERVE, describeLow, guardOff, ScratchGuard } from '../exports/scratch-guard.js';
 import { RemoteScratchBudget } from '../exports/remote-guard.js';
 import { startExport } from '../exports/start.js';
+import { jobInfo } from '../libvirt/backup.js';
 import { getCheckpoint } from '../libvirt/checkpoint.js';
 import { remoteOptions, selectDisks, type Ctx } from './context.js';
 
@@ -24,7 +25,13 @@ export interface ExportUse {
 /** An export in use, with the instance that started it when that is us. */
 type Opened = ExportUse & { instance?: Instance };
 
-const NBD_CONNECTIONS = 2;
+/**
+ * How map and copy read: 2 connections, each with 2 reads of 1 MiB in flight. A copy streams
+ * the disk, and against the client's 8 x 256 KiB (made for the filesystem's bursts of reads)
+ * these took half the time and CPU, ours and QEMU's, without QEMU's page faults growing much
+ * (docs/benchmarks.md, "Start-up of vircpt").
+ */
+const NBD_OPTIONS = { connections: 2, requestSize: 1024 * 1024, maxInFlight: 2 } as const;
 
 export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: ExportUse) => Promise<T>): Promise<T> {
   const { instance, ...use } = (await throughRunningExport(ctx, checkpointName)) ?? (await lookUpAndStart(ctx, checkpointName));
@@ -79,7 +86,7 @@ async function throughRunningExport(ctx: Ctx, checkpointName: string): Promise<O
   const known = found.rec.checkpoint === checkpointName || found.rec.disks.some((d) => Object.hasOwn(d.dirtyContexts, checkpointName));
   const checkpoint = known ? undefined : getCheckpoint(ctx.virsh, ctx.domainName, checkpointName);
   checkpoint?.catch(() => undefined); // awaited below
-  const exp = new ActiveExport(found.rec, true, ctx.virsh, { connections: NBD_CONNECTIONS });
+  const exp = new ActiveExport(found.rec, true, ctx.virsh, NBD_OPTIONS);
   try {
     const serving = await Promise.all(targets.map((t) => exp.disk(t))).then(() => true, () => false);
     await checkpoint;
@@ -97,7 +104,10 @@ async function throughRunningExport(ctx: Ctx, checkpointName: string): Promise<O
 
 /** libvirt's view of the domain and checkpoint; a running export of ours, or one of our own. */
 async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened> {
-  // Independent libvirt look-ups, at once: each virsh call costs tens of milliseconds.
+  // Independent libvirt look-ups, at once, the job check too (a backup-begin while another job
+  // runs would wait 30 s for libvirt's job lock before failing, so the check comes first).
+  const job = jobInfo(ctx.virsh, ctx.domainName);
+  job.catch(() => undefined); // awaited (and reported) by the start, if it gets that far
   const [sel, checkpoint, live] = await Promise.all([
     selectDisks(ctx),
     getCheckpoint(ctx.virsh, ctx.domainName, checkpointName),
@@ -113,9 +123,10 @@ async function lookUpAndStart(ctx: Ctx, checkpointName: string): Promise<Opened>
     rec = await startExport({
       virsh: ctx.virsh, log: ctx.log, domain: sel.domain, sizes: sel.sizes, checkpoint, targets: sel.targets,
       instance, scratchRoot: ctx.opts.scratchdir, scratchReserve: ctx.opts.scratchReserve, remote: remoteOptions(ctx.opts),
+      job: sel.domain.active ? job : undefined,
     });
   }
-  const exp = new ActiveExport(rec, !!live, ctx.virsh, { connections: NBD_CONNECTIONS });
+  const exp = new ActiveExport(rec, !!live, ctx.virsh, NBD_OPTIONS);
   const targets = sel.targets.filter((t) => exp.hasDisk(t));
   if (targets.length === 0) {
     await exp.close();

@@ -5,7 +5,7 @@ import { DEFAULT_SCRATCH_RESERVE, formatReserve, type ScratchReserve } from '../
 import { parseReserve, parseSize } from '../fs/options.js';
 import { DEFAULT_NBD_PORTS, parsePorts, parseTlsMode, type PortRange } from '../exports/remote.js';
 import { DEFAULT_NBD_CERTS, type NbdTlsMode } from '../nbd/tls.js';
-import { makeCtx, type Deps, type GlobalOptions } from './context.js';
+import { makeCtx, type Ctx, type Deps, type GlobalOptions } from './context.js';
 import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
 
 // Each command's module is loaded when it runs: a process runs one, and `--help` none.
@@ -64,7 +64,8 @@ function checkpointName(value: string): string {
   return value;
 }
 
-export function buildProgram(deps: Deps): Command {
+/** `opened` gets every command context made, for the caller to close (runVircpt does). */
+export function buildProgram(deps: Deps, opened: Ctx[] = []): Command {
   const program = new Command('vircpt')
     .description('libvirt checkpoints: create, list, delete, export, release, hotadd, hotremove, map, info, copy')
     .addOption(new Option('-U, --uri <uri>', 'libvirt connection URI').default(defaultUri()))
@@ -85,55 +86,65 @@ export function buildProgram(deps: Deps): Command {
     .showHelpAfterError('(vircpt --help for usage)')
     .configureOutput({ writeOut: deps.stdout, writeErr: deps.stderr })
     .exitOverride();
-  const ctx = () => makeCtx(deps, program.opts<GlobalOptions>());
+  const ctx = () => {
+    const c = makeCtx(deps, program.opts<GlobalOptions>());
+    opened.push(c);
+    return c;
+  };
+  // The context first (it starts the virsh shell), then the command's modules, meanwhile.
+  const run = async <M>(load: () => Promise<M>, fn: (m: M, c: Ctx) => Promise<void>): Promise<void> => {
+    const c = ctx();
+    return fn(await load(), c);
+  };
 
   program.command('create').description('create a checkpoint (guest-agent freeze when reachable)')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
-    .action(async (o: { name: string }) => (await checkpoints()).createCmd(ctx(), o.name));
+    .action(async (o: { name: string }) => run(checkpoints, (m, c) => m.createCmd(c, o.name)));
   program.command('list').description('list the domain\'s checkpoints')
     .option('--json', 'JSON output')
-    .action(async (o: { json?: boolean }) => (await checkpoints()).listCmd(ctx(), !!o.json));
+    .action(async (o: { json?: boolean }) => run(checkpoints, (m, c) => m.listCmd(c, !!o.json)));
   program.command('delete').description('delete a checkpoint (merging its bitmap into the parent)')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .option('--metadata', 'only forget it in libvirt; bitmaps stay in the images')
-    .action(async (o: { name: string; metadata?: boolean }) => (await checkpoints()).deleteCmd(ctx(), o.name, !!o.metadata));
+    .action(async (o: { name: string; metadata?: boolean }) => run(checkpoints, (m, c) => m.deleteCmd(c, o.name, !!o.metadata)));
   program.command('export').description('start an export at a checkpoint; print NBD URIs and commands')
     .requiredOption('--name <name>', 'checkpoint name (the incremental base of the dirty map)', checkpointName)
     .option('--json', 'JSON output')
-    .action(async (o: { name: string; json?: boolean }) => (await exporting()).exportCmd(ctx(), o.name, !!o.json));
+    .action(async (o: { name: string; json?: boolean }) => run(exporting, (m, c) => m.exportCmd(c, o.name, !!o.json)));
   program.command('release').description('stop the export that vircpt export started (or one left by a dead instance of ours)')
-    .action(async () => (await exporting()).releaseCmd(ctx()));
+    .action(async () => run(exporting, (m, c) => m.releaseCmd(c)));
   program.command('hotadd').description('attach a checkpoint\'s disks read-only to another running domain (a scanner), through an export')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .requiredOption('--to <domain>', 'the running domain that gets the disks')
     .addOption(new Option('--bus <bus>', 'scsi: on a virtio-scsi controller (unplugs at once); virtio: virtio-blk (PCIe hot-plug)').choices(['scsi', 'virtio']).default('scsi'))
     .option('--json', 'JSON output')
     .action(async (o: { name: string; to: string; bus: 'scsi' | 'virtio'; json?: boolean }) =>
-      (await hotadd()).hotaddCmd(ctx(), { name: o.name, to: o.to, bus: o.bus, json: !!o.json }));
+      run(hotadd, (m, c) => m.hotaddCmd(c, { name: o.name, to: o.to, bus: o.bus, json: !!o.json })));
   program.command('hotremove').description('detach what hotadd attached, then release the export hotadd started')
     .option('--to <domain>', 'only from this domain')
     .option('--wait <seconds>', 'how long each guest may take to let go', seconds, 10)
     .option('--force', 'release the export even if a guest did not let go')
     .action(async (o: { to?: string; wait: number; force?: boolean }) =>
-      (await hotadd()).hotremoveCmd(ctx(), { ...(o.to !== undefined && { to: o.to }), waitS: o.wait, force: !!o.force }));
+      run(hotadd, (m, c) => m.hotremoveCmd(c, { ...(o.to !== undefined && { to: o.to }), waitS: o.wait, force: !!o.force })));
   program.command('map').description('extents changed since a checkpoint (--base: allocation), per disk')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .option('--base', 'allocation extents (base:allocation) instead of the dirty ones')
     .option('--json', 'JSON output (fields as nbdinfo --map --json)')
-    .action(async (o: { name: string; base?: boolean; json?: boolean }) => (await import('./commands/map.js')).mapCmd(ctx(), o.name, !!o.base, !!o.json));
+    .action(async (o: { name: string; base?: boolean; json?: boolean }) => run(() => import('./commands/map.js'), (m, c) => m.mapCmd(c, o.name, !!o.base, !!o.json)));
   program.command('info').description('the running export\'s NBD details (never starts one)')
     .option('--json', 'JSON output')
-    .action(async (o: { json?: boolean }) => (await import('./commands/info.js')).infoCmd(ctx(), !!o.json));
+    .action(async (o: { json?: boolean }) => run(() => import('./commands/info.js'), (m, c) => m.infoCmd(c, !!o.json)));
   program.command('copy').description('copy every selected disk to DIR/<target>.raw, sparse')
     .requiredOption('--name <name>', 'checkpoint name', checkpointName)
     .requiredOption('--out <dir>', 'output directory (created if missing; existing files are not overwritten)')
-    .action(async (o: { name: string; out: string }) => (await import('./commands/copy.js')).copyCmd(ctx(), o.name, o.out));
+    .action(async (o: { name: string; out: string }) => run(() => import('./commands/copy.js'), (m, c) => m.copyCmd(c, o.name, o.out)));
   return program;
 }
 
 /** Runs the program; resolves to the exit code. Errors are one line on stderr (stack with -v). */
 export async function runVircpt(argv: string[], deps: Deps): Promise<number> {
-  const program = buildProgram(deps);
+  const opened: Ctx[] = [];
+  const program = buildProgram(deps, opened);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT_OK;
@@ -150,5 +161,7 @@ export async function runVircpt(argv: string[], deps: Deps): Promise<number> {
     deps.stderr(`vircpt: ${err instanceof Error ? err.message : String(err)}\n`);
     if (verbose && err instanceof Error && err.stack) deps.stderr(`${err.stack}\n`);
     return EXIT_FAILED;
+  } finally {
+    for (const c of opened) c.virsh.close(); // its virsh shell: nothing is left running
   }
 }

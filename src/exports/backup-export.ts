@@ -1,10 +1,11 @@
 // A running domain's export: a libvirt pull-mode backup job serving every chosen disk over NBD on
 // a Unix socket of ours, frozen at the job's start (copy-before-write into scratch images).
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VircptError, messageOf } from '../errors.js';
 import { withFrozenGuest } from '../libvirt/agent.js';
-import { abortJob, backupXml, beginBackup, describeBackup, exportBitmapName, jobInfo, type BackupJob, type JobInfo } from '../libvirt/backup.js';
+import { abortJob, backupXml, beginBackupFrom, describeBackup, exportBitmapName, jobInfo, type BackupJob, type JobInfo } from '../libvirt/backup.js';
 import type { BlockInfo, DomainDetails } from '../libvirt/domain.js';
 import type { CallOptions, Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
@@ -91,9 +92,11 @@ export async function startBackupExport(o: BackupExportOptions): Promise<ExportR
   // written once, before the job starts: if this process dies right after backup-begin, a later
   // instance still finds the job's socket here and cleans it up.
   const rec = recordOf(o, socket, scratchDir, new Date());
-  await writeRecord(instance.domainDir(domain.name), rec);
+  // The job's XML beside the record (removed with the folder): backup-begin then starts at once.
+  const xmlFile = path.join(instance.domainDir(domain.name), 'backup.xml');
+  await Promise.all([writeRecord(instance.domainDir(domain.name), rec), writeFile(xmlFile, xml, { mode: 0o600 })]);
   try {
-    const begin = () => beginBackup(virsh, domain.name, xml);
+    const begin = () => beginBackupFrom(virsh, domain.name, xmlFile);
     await (o.freeze === false ? begin() : withFrozenGuest(virsh, domain, o.log, begin));
   } catch (err) {
     const started = await jobStartedAnyway(virsh, domain.name, socket);
@@ -193,7 +196,9 @@ export async function waitJobGone(virsh: Virsh, domain: string, same: (job: Back
       continue;
     }
     if (!job || !same(job)) return;
-    await sleep(50);
+    // domjobabort returns before libvirt has ended a backup job (the end comes with QEMU's
+    // block-job events, within milliseconds): a short wait, so a release is not held up longer.
+    await sleep(20);
   }
   throw new VircptError('TIMEOUT', `domain ${domain}: the backup job did not end within ${JOB_END_TIMEOUT_MS / 1000} s`);
 }

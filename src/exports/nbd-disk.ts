@@ -11,6 +11,9 @@ export interface NbdDiskOptions {
   /** Connections per disk where the server advertises multi-conn (default 2). */
   connections?: number;
   requestTimeoutMs?: number;
+  /** Bytes per read request and requests in flight per connection (the client's defaults otherwise). */
+  requestSize?: number;
+  maxInFlight?: number;
   signal?: AbortSignal;
 }
 
@@ -44,6 +47,8 @@ export class NbdDisk implements BlockSource {
       metaContexts: [BASE_ALLOCATION, ...Object.values(disk.dirtyContexts)],
       connections: opts.connections ?? 2,
       ...(opts.requestTimeoutMs !== undefined ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
+      ...(opts.requestSize !== undefined ? { requestSize: opts.requestSize } : {}),
+      ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
     // A new export is a new id: blocks cached from an older point in time never serve this one.

@@ -38,8 +38,11 @@ export async function withFrozenGuest<T>(
 ): Promise<T> {
   const domain = dom.name;
   if (!(await agentAvailable(virsh, dom))) {
+    // fn first: a short-lived vircpt loads its logger for this first line (tens of milliseconds
+    // of CPU), which then overlaps the virsh process fn starts instead of delaying it.
+    const result = fn();
     log.warn({ domain }, `domain ${domain}: guest agent not reachable, no filesystem freeze (crash-consistent)`);
-    return fn();
+    return result;
   }
   try {
     await virsh.run(['domfsfreeze', '--', domain], { timeoutMs: 30_000 });

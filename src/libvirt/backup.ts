@@ -84,6 +84,11 @@ export async function beginBackup(virsh: Virsh, domain: string, xml: string): Pr
   await virsh.runWithXml(['backup-begin', '--', domain, '{xml}'], xml);
 }
 
+/** As beginBackup, with the XML already in a file: virsh starts at once (no temporary folder). */
+export async function beginBackupFrom(virsh: Virsh, domain: string, file: string): Promise<void> {
+  await virsh.run(['backup-begin', '--', domain, file]);
+}
+
 /** The running backup job of a domain, or undefined when there is none. */
 export async function describeBackup(virsh: Virsh, domain: string, opts?: CallOptions): Promise<BackupJob | undefined> {
   try {

@@ -74,6 +74,13 @@ export class VirshSession {
     });
   }
 
+  /** Starts the shell before its first command (idle: it does not keep this process alive). */
+  start(): void {
+    if (this.#closed || this.#child) return;
+    this.#child = this.#spawn();
+    holdOpen(this.#child, false);
+  }
+
   /** Ends the shell; queued commands fail. Idempotent. */
   close(): void {
     this.#closed = true;

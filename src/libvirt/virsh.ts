@@ -15,10 +15,12 @@ export interface VirshOptions {
   timeoutMs?: number;
   log?: Logger;
   /**
-   * Quick read-only queries go through one long-lived virsh shell (virsh-session.ts) instead of
-   * a process each: for long-running processes (the vircptfs daemon).
+   * Quick read-only queries go through long-lived virsh shells (virsh-session.ts) instead of a
+   * process each: for the vircptfs daemon, and for a vircpt command that asks several questions.
    */
   session?: boolean;
+  /** Shells at most in session mode (default 3). */
+  maxSessions?: number;
 }
 
 /** Queries that answer at once and change nothing: what the shells may run. A shell's answer is
@@ -85,12 +87,27 @@ export class Virsh {
   readonly #log: Logger | undefined;
   /** Shells of session mode (none otherwise), opened as concurrent queries need them. */
   readonly #sessions: VirshSession[] | undefined;
+  readonly #maxSessions: number;
 
   constructor(opts: VirshOptions) {
     this.uri = opts.uri;
     this.#timeoutMs = opts.timeoutMs ?? 60_000;
     this.#log = opts.log;
     this.#sessions = opts.session ? [] : undefined;
+    this.#maxSessions = Math.max(1, opts.maxSessions ?? MAX_SESSIONS);
+  }
+
+  /**
+   * Session mode: starts a shell now, so that virsh loads libvirt and connects while the caller
+   * does other work (loading its modules) instead of at the first query. An idle shell never
+   * keeps this process alive.
+   */
+  warm(): void {
+    const sessions = this.#sessions;
+    if (sessions === undefined || sessions.length > 0) return;
+    const fresh = new VirshSession(this.uri);
+    sessions.push(fresh);
+    fresh.start();
   }
 
   /** Ends the shells of session mode, if any. Idempotent. */
@@ -102,7 +119,7 @@ export class Virsh {
   #session(sessions: VirshSession[]): VirshSession {
     const idle = sessions.find((s) => s.load === 0);
     if (idle) return idle;
-    if (sessions.length < MAX_SESSIONS) {
+    if (sessions.length < this.#maxSessions) {
       const fresh = new VirshSession(this.uri);
       sessions.push(fresh);
       return fresh;

@@ -1,9 +1,25 @@
 // vircpt create / list / delete against a real libvirtd and a paused TCG lab VM.
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import { Lab, type LabVm } from '../lab/lab.js';
+import { Lab, LAB_URI, type LabVm } from '../lab/lab.js';
 import { errorLines, vircpt } from '../lab/cli.js';
+import { runVircpt } from '../../src/cli/vircpt.js';
+import { defaultRuntimeDirs } from '../../src/exports/runtime.js';
+import { lazyLogger } from '../../src/log.js';
+
+/** PIDs of this process's virsh children that still run (not zombies). */
+async function virshChildren(): Promise<number[]> {
+  const found: number[] = [];
+  for (const pid of await readdir('/proc').catch(() => [])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    const m = /^\d+ \((.*)\) (\S) (\d+)/.exec(stat);
+    if (m && m[1] === 'virsh' && m[2] !== 'Z' && Number(m[3]) === process.pid) found.push(Number(pid));
+  }
+  return found;
+}
 
 const MiB = 1024 * 1024;
 
@@ -83,7 +99,23 @@ describe('vircpt checkpoints', () => {
     }
     const r = await cli('-v', 'list');
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, new RegExp(`^vircpt: debug: virsh args="checkpoint-list --name --topological -- ${vm.name}" ms=\\d+ exit=0$`, 'm'));
+    // The queries of a command go through its one virsh shell (src/cli/context.ts).
+    assert.match(r.stderr, new RegExp(`^vircpt: debug: virsh args="checkpoint-list --name --topological -- ${vm.name}" ms=\\d+ ok=true session=true$`, 'm'));
+  });
+
+  it('leaves no virsh shell running once a command returns, also after a failure', async () => {
+    const out: string[] = [];
+    const deps = {
+      version: '0', log: lazyLogger({ level: 'silent' }), dirs: defaultRuntimeDirs(), isTTY: false,
+      stdout: (s: string) => out.push(s), stderr: (s: string) => out.push(s), signal: new AbortController().signal,
+    };
+    assert.equal(await runVircpt(['-U', LAB_URI, '-d', vm.name, 'list', '--json'], deps), 0, out.join(''));
+    assert.ok(Array.isArray(JSON.parse(out.join(''))), 'a JSON list');
+    assert.equal(await runVircpt(['-U', LAB_URI, '-d', `${vm.name}-nosuch`, 'list'], deps), 1);
+    // Closing a shell ends its standard input; virsh exits on its own right after.
+    const deadline = Date.now() + 10_000;
+    while ((await virshChildren()).length > 0 && Date.now() < deadline) await sleep(20);
+    assert.deepEqual(await virshChildren(), [], 'virsh children of this process');
   });
 
   it('exits 2 on usage errors', async () => {

@@ -1,15 +1,16 @@
 // vircpt map / info / copy against a lab VM's pull-mode export, compared with the C tools.
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Lab, type LabVm } from '../lab/lab.js';
+import { Lab, virsh, type LabVm } from '../lab/lab.js';
 import { errorLines, vircpt } from '../lab/cli.js';
 import { imageToRaw } from '../lab/images.js';
 import { leftoversOf } from '../lab/leftovers.js';
 import { requireTools, run } from '../lab/tools.js';
 import type { ExportRecord } from '../../src/exports/export.js';
 import { nbdUri } from '../../src/exports/export.js';
+import { backupXml } from '../../src/libvirt/backup.js';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;
@@ -102,6 +103,32 @@ describe('vircpt map, info and copy', () => {
     const again = await cli('copy', '--name', 'c1', '--out', out);
     assert.equal(again.code, 1);
     assert.match(again.stderr, /already exists; not overwriting it/);
+  });
+
+  it('copy refuses at once, in one line, while a backup job it did not start runs, and leaves that job alone', async () => {
+    const jobDir = await mkdtemp('/var/tmp/vircptfs-test-foreign-');
+    try {
+      await run('chown', ['libvirt-qemu', jobDir]);
+      const sock = path.join(jobDir, 'foreign.sock');
+      const file = path.join(jobDir, 'foreign.xml');
+      await writeFile(file, backupXml({ socket: sock, disks: [{ target: 'sda', scratch: path.join(jobDir, 'sda.qcow2') }], skip: ['vdb'] }));
+      await virsh('backup-begin', vm.name, file);
+      try {
+        const started = Date.now();
+        const r = await cli('copy', '--name', 'c1', '--out', path.join(tmp, 'foreign'));
+        // The job check comes before backup-begin, which would wait 30 s for libvirt's job lock.
+        assert.ok(Date.now() - started < 20_000, `refused after ${Date.now() - started} ms`);
+        assert.equal(r.code, 1);
+        assert.deepEqual(errorLines(r.stderr), [`vircpt: domain ${vm.name} has a running Backup job that vircptfs did not start; it is left alone`]);
+        assert.equal(await vm.jobType(), 'Unbounded', 'the foreign job still runs');
+        assert.match(await run('nbdinfo', ['--list', `nbd+unix:///?socket=${sock}`]), /export="sda"/);
+        assert.deepEqual(await leftoversOf(vm.name), []);
+      } finally {
+        await virsh('domjobabort', vm.name);
+      }
+    } finally {
+      await rm(jobDir, { recursive: true, force: true });
+    }
   });
 
   it('copy and map read through a running export: -i/-x select its disks, unknown names are one line', async () => {
