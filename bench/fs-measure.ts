@@ -18,6 +18,8 @@ export interface Sample {
   seconds: number;
   /** CPU seconds the serving process spent during the run. */
   cpu: number;
+  /** CPU seconds its NBD server spent (subjects with a peerPid only). */
+  peerCpu?: number;
 }
 
 /** Page cache, dentries and inodes dropped (proc(5) drop_caches), after writing back dirty pages. */
@@ -89,9 +91,12 @@ async function runTest(test: TestName, file: string, size: number, outDir: strin
 
 export async function measure(subject: Subject, test: TestName, size: number, outDir: string, cold: boolean): Promise<Sample> {
   if (cold) await dropCaches();
+  const peer = subject.peerPid;
   const cpu0 = await cpuSeconds(subject.pid);
+  const peer0 = peer === undefined ? 0 : await cpuSeconds(peer);
   const seconds = await runTest(test, subject.file, size, outDir);
-  return { seconds, cpu: (await cpuSeconds(subject.pid)) - cpu0 };
+  const cpu = (await cpuSeconds(subject.pid)) - cpu0;
+  return peer === undefined ? { seconds, cpu } : { seconds, cpu, peerCpu: (await cpuSeconds(peer)) - peer0 };
 }
 
 export interface FirstByte {

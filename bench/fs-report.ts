@@ -20,6 +20,8 @@ export interface Results {
   backupBeginMs: number[];
   dataCheck: string;
   load: { start: string; end: string };
+  /** The TLS rows' lines (fs-tls.ts), empty without them. */
+  tls: string[];
 }
 
 const ROWS: readonly [TestName, string][] = [
@@ -118,5 +120,6 @@ export function report(r: Results): string {
     'targets (ratios of best throughput):',
     ...targets(r),
     '',
+    ...(r.tls.length > 0 ? [...r.tls, ''] : []),
   ].join('\n');
 }

@@ -24,6 +24,8 @@ export interface Subject {
   readonly file: string;
   /** The process serving it: its CPU time and (vircptfs) its peak RSS are read from /proc. */
   readonly pid: number;
+  /** The NBD server behind it (QEMU, qemu-nbd), when its CPU time is reported too (the TLS rows). */
+  readonly peerPid?: number;
   stop(): Promise<void>;
 }
 
@@ -136,12 +138,17 @@ export class BackupJob {
 }
 
 /** nbdfuse (libnbd's C FUSE client, multi-conn) over a backup job of the VM. */
-export async function startNbdfuse(job: BackupJob): Promise<Subject> {
+export function startNbdfuse(job: BackupJob): Promise<Subject> {
+  return startNbdfuseUri(`nbd+unix:///sda?socket=${job.socket}`, job.dir);
+}
+
+/** nbdfuse over an NBD URI; its pid file goes to `pidDir`. */
+async function startNbdfuseUri(uri: string, pidDir: string): Promise<Subject> {
   await requireTools('nbdfuse', 'fusermount3');
   const dir = `/tmp/vcptbench-nbdfuse-${process.pid}-${randomBytes(3).toString('hex')}`;
   await mkdir(dir, { mode: 0o755 });
-  const pidFile = path.join(job.dir, 'nbdfuse.pid');
-  const p = startChild('nbdfuse', ['-r', '-P', pidFile, path.join(dir, 'sda.raw'), `nbd+unix:///sda?socket=${job.socket}`]);
+  const pidFile = path.join(pidDir, 'nbdfuse.pid');
+  const p = startChild('nbdfuse', ['-r', '-P', pidFile, path.join(dir, 'sda.raw'), uri]);
   const stop = once(async () => {
     await unmountFuse(dir); // nbdfuse exits cleanly once unmounted (nbdfuse(1) -P)
     await endChild(p.child, p.exited, false);

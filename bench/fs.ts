@@ -5,8 +5,9 @@
 //
 // Environment: BENCH_RUNS (runs per test, default 4: keep it even, see roundOrder),
 // BENCH_VIRCPTFS_OPTS (extra -o options, e.g. cache=512M,readahead=4096), BENCH_TESTS (cold
-// tests to run, e.g. cp,dd; default all; BENCH_TESTS=none: only the warm and first-byte runs), BENCH_CPU_PROFILE_DIR
-// (a folder: vircptfs's CPU profile is written there when it exits; see fs-cpu-profile.ts).
+// tests to run, e.g. cp,dd; default all; BENCH_TESTS=none: only the warm and first-byte runs),
+// BENCH_CPU_PROFILE_DIR (a folder: vircptfs's CPU profile is written there when it exits; see
+// fs-cpu-profile.ts), BENCH_TLS (0: without the TLS rows of fs-tls.ts; only: nothing but them).
 import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, open, readFile, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -21,6 +22,7 @@ import { allocatedBytes, buildImage, DATA_SIZE, DISK_SIZE } from './fs-image.js'
 import { COLD_TESTS, dropCaches, firstByte, measure, statusKiB, type Sample, type TestName } from './fs-measure.js';
 import { report, type Results } from './fs-report.js';
 import { BackupJob, startNbdfuse, startQemuExport, startVircptfs, waitFor, type Subject } from './fs-subjects.js';
+import { startTlsSubjects, TLS_TESTS, tlsReport, tlsRuns } from './fs-tls.js';
 
 const GiB = 1024 ** 3;
 const WORK_ROOT = '/var/tmp';
@@ -32,6 +34,7 @@ const IDLE_S = 1;
 const RELEASE_POLL_MS = 500;
 
 const runs = Number(process.env.BENCH_RUNS ?? 4);
+const tlsMode = process.env.BENCH_TLS ?? '1';
 const extraOpts = (process.env.BENCH_VIRCPTFS_OPTS ?? '').split(',').filter(Boolean);
 const coldTests = process.env.BENCH_TESTS ? COLD_TESTS.filter((t) => process.env.BENCH_TESTS!.split(',').includes(t)) : COLD_TESTS;
 /** Read by fs-cpu-profile.ts inside vircptfs (the child inherits the environment). */
@@ -79,12 +82,11 @@ async function loadAverage(): Promise<string> {
   return (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
 }
 
-async function labVms(lab: Lab, image: string): Promise<[LabVm, LabVm]> {
-  const disk = { target: 'sda', bus: 'sata' as const, size: DISK_SIZE, image };
-  const a = await lab.vm({ disks: [disk] });
-  const b = await lab.vm({ disks: [disk] });
-  for (const vm of [a, b]) await virsh('checkpoint-create-as', vm.name, CHECKPOINT);
-  return [a, b];
+/** A lab VM on a copy of the image, with the checkpoint. */
+async function labVm(lab: Lab, image: string): Promise<LabVm> {
+  const vm = await lab.vm({ disks: [{ target: 'sda', bus: 'sata', size: DISK_SIZE, image }] });
+  await virsh('checkpoint-create-as', vm.name, CHECKPOINT);
+  return vm;
 }
 
 type Samples = Map<string, Map<TestName, Sample[]>>;
@@ -219,7 +221,8 @@ async function startSubjects(cleanup: Cleanup, image: string, work: string, opts
   const lab = new Lab('bench');
   cleanup.add('remove the lab VMs', () => lab.cleanup());
   note('defining two lab VMs from copies of the image');
-  const [vm, other] = await labVms(lab, image);
+  const vm = await labVm(lab, image);
+  const other = await labVm(lab, image);
   const fs = await startVircptfs(vm, CHECKPOINT, opts, nodeOptions);
   cleanup.add('unmount vircptfs', () => fs.stop());
   const job = await BackupJob.prepare(other, CHECKPOINT);
@@ -255,11 +258,36 @@ async function bench(cleanup: Cleanup): Promise<Results> {
   await job.end();
   note(`first-byte runs (each waits ${IDLE_S} s for the idle release)`);
   const fb = await firstByteRuns(fs.file, vm, job);
+  // Last: the other VM's job has ended, so vircptfs over TLS can start its own there.
+  const tls = tlsMode === '0' ? [] : await tlsPhase(cleanup, job.vm, image, work, opts, dataBytes);
   return {
     size: DISK_SIZE, dataBytes, runs, samples, rssKiB, cacheBytes, dataCheck,
     firstByteMs: fb.totalMs, firstOpenMs: fb.openMs, backupBeginMs: [beginMs, ...fb.beginMs],
-    load: { start: loadStart, end: await loadAverage() },
+    load: { start: loadStart, end: await loadAverage() }, tls,
   };
+}
+
+/** The TLS rows (fs-tls.ts): their subjects started, run, stopped; returns the report's lines. */
+async function tlsPhase(cleanup: Cleanup, vm: LabVm, image: string, work: string, opts: string[], dataBytes: number): Promise<string[]> {
+  const [fs, nbd] = await startTlsSubjects((what, fn) => cleanup.add(what, fn), vm, CHECKPOINT, image, work, opts);
+  const samples: Samples = new Map();
+  note(`TLS runs: ${TLS_TESTS.join(', ')} x ${runs} x 2`);
+  await tlsRuns([fs!, nbd!], runs, DISK_SIZE, work, (s, test, x) => record(samples, s, test, x));
+  const check = await sameBytes(fs!, nbd!);
+  await Promise.all([fs!.stop(), nbd!.stop()]);
+  return [...tlsReport(samples, DISK_SIZE, dataBytes), `data check: ${check}`];
+}
+
+/** BENCH_TLS=only: one VM, the TLS rows alone. */
+async function benchTlsOnly(cleanup: Cleanup): Promise<string> {
+  const loadStart = await loadAverage();
+  const { work, image, dataBytes } = await prepareImage(cleanup);
+  const lab = new Lab('bench');
+  cleanup.add('remove the lab VM', () => lab.cleanup());
+  const vm = await labVm(lab, image);
+  const lines = await tlsPhase(cleanup, vm, image, work, [`idle=${IDLE_S}`, ...extraOpts], dataBytes);
+  return ['', `vircptfs file-read benchmark, TLS rows only: 4 GiB file, ${dataBytes / 1024 ** 2} MiB data, best of ${runs} (median)`,
+    `load average at start: ${loadStart}; at end: ${await loadAverage()}`, '', ...lines, ''].join('\n');
 }
 
 async function main(): Promise<number> {
@@ -277,8 +305,7 @@ async function main(): Promise<number> {
   }
   try {
     await preflight();
-    const results = await bench(cleanup);
-    process.stdout.write(report(results));
+    process.stdout.write(tlsMode === 'only' ? await benchTlsOnly(cleanup) : report(await bench(cleanup)));
     return 0;
   } catch (err) {
     // After a signal, the runs fail as the cleanup pulls things away: not worth reporting.

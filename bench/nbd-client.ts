@@ -5,16 +5,20 @@
 //
 // Environment: BENCH_RUNS (runs per subject, default 5), BENCH_VARIANTS=0 to compare only
 // nbdcopy and our defaults (the variants show what request size and depth do against qemu-nbd;
-// the defaults were chosen on a running VM's export, where bursts matter: see client.ts).
+// the defaults were chosen on a running VM's export, where bursts matter: see client.ts),
+// BENCH_TLS=0 without the TLS rows, BENCH_TLS_WORKER=0 without their worker-thread prototype.
 
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { NbdClient, NbdPool, type NbdPoolOptions } from '../src/nbd/index.js';
-import { readAll } from '../test/nbd/read-all.js';
+import { NbdConnection } from '../src/nbd/connection.js';
+import { readAll, type ReadableExport } from '../test/nbd/read-all.js';
 import { remoteLab, serverCerts } from '../test/lab/remote.js';
 import { execFileP, makeQcow2, requireTool, startQemuNbd, startQemuNbdTcp, type NbdServer } from '../test/nbd/servers.js';
+import { workerExport } from './nbd-tls-worker.js';
 
 export { readAll } from '../test/nbd/read-all.js';
 
@@ -27,7 +31,24 @@ const DATA_PER_SLOT = 24 * MiB; // 64 slots x 24 MiB = 1.5 GiB
 const UNIT = 64 * 1024; // qcow2's default cluster
 const runs = Number(process.env.BENCH_RUNS ?? 5);
 
-export interface Sample { seconds: number; cpuSeconds: number; dataBytes: number }
+export interface Sample {
+  seconds: number;
+  cpuSeconds: number;
+  dataBytes: number;
+  /** Our main (JavaScript) thread alone. */
+  mainCpuSeconds?: number;
+  /** The NBD server's (TLS rows: both ends pay for TLS). */
+  serverCpuSeconds?: number;
+}
+
+/** utime + stime of a process or thread, from proc(5) (clock ticks of 10 ms). */
+function procCpu(statFile: string): number {
+  const stat = readFileSync(statFile, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+const mainThreadCpu = () => procCpu(`/proc/self/task/${process.pid}/stat`);
 
 /** A seeded generator (mulberry32), so every run of the benchmark writes the same layout. */
 function prng(seed: number): () => number {
@@ -58,14 +79,26 @@ export function writeCommands(): string[] {
 }
 
 /** Our client (a pool when options.connections > 1) reading the whole export to nowhere, in this process. */
-export async function timeOurs(options: NbdPoolOptions, concurrency: number): Promise<Sample> {
+export function timeOurs(options: NbdPoolOptions, concurrency: number): Promise<Sample> {
+  return timeSource(() => (options.connections && options.connections > 1 ? NbdPool.connect(options) : NbdClient.connect(options)), concurrency);
+}
+
+async function timeSource(open: () => Promise<ReadableExport & { close(): Promise<void> }>, concurrency: number): Promise<Sample> {
   const cpu0 = process.cpuUsage();
+  const main0 = mainThreadCpu();
   const t0 = performance.now();
-  const source = options.connections && options.connections > 1 ? await NbdPool.connect(options) : await NbdClient.connect(options);
+  const source = await open();
   const { bytesRead } = await readAll(source, { concurrency });
   await source.close();
   const cpu = process.cpuUsage(cpu0);
-  return { seconds: (performance.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, dataBytes: bytesRead };
+  return { seconds: (performance.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, dataBytes: bytesRead, mainCpuSeconds: mainThreadCpu() - main0 };
+}
+
+/** A sample with the CPU time `serverPid` spent meanwhile. */
+async function withServer(serverPid: number, run: () => Promise<Sample>): Promise<Sample> {
+  const cpu0 = procCpu(`/proc/${serverPid}/stat`);
+  const sample = await run();
+  return { ...sample, serverCpuSeconds: procCpu(`/proc/${serverPid}/stat`) - cpu0 };
 }
 
 async function timeNbdcopy(uri: string, dataBytes: number, extra: string[] = []): Promise<Sample> {
@@ -74,16 +107,25 @@ async function timeNbdcopy(uri: string, dataBytes: number, extra: string[] = [])
   return { seconds: elapsed!, cpuSeconds: user! + sys!, dataBytes };
 }
 
-function summary(name: string, samples: Sample[]): { name: string; best: number; median: number; cpuPerGiB: number } {
+interface Row { name: string; best: number; median: number; cpuPerGiB: number; mainPerGiB?: number; serverPerGiB?: number }
+
+function summary(name: string, samples: Sample[]): Row {
+  const mid = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const perGiB = (pick: (s: Sample) => number | undefined) => {
+    const xs = samples.filter((s) => pick(s) !== undefined).map((s) => pick(s)! / (s.dataBytes / GiB));
+    return xs.length === 0 ? undefined : mid(xs);
+  };
   const rates = samples.map((s) => DISK_SIZE / s.seconds / 1e6).sort((a, b) => a - b);
-  const cpu = samples.map((s) => s.cpuSeconds / (s.dataBytes / GiB)).sort((a, b) => a - b);
-  return { name, best: rates.at(-1)!, median: rates[Math.floor(rates.length / 2)]!, cpuPerGiB: cpu[Math.floor(cpu.length / 2)]! };
+  return { name, best: rates.at(-1)!, median: mid(rates), cpuPerGiB: perGiB((s) => s.cpuSeconds)!,
+    mainPerGiB: perGiB((s) => s.mainCpuSeconds), serverPerGiB: perGiB((s) => s.serverCpuSeconds) };
 }
 
-function print(rows: ReturnType<typeof summary>[], reference: ReturnType<typeof summary>): void {
-  console.log(`\n${'reader'.padEnd(52)} ${'best MB/s'.padStart(10)} ${'median'.padStart(8)} ${'x nbdcopy'.padStart(10)} ${'CPU s/GiB'.padStart(10)}`);
+function print(rows: Row[], reference: Row): void {
+  const opt = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(2)).padStart(8);
+  const withServer = rows.some((r) => r.serverPerGiB !== undefined);
+  console.log(`\n${'reader'.padEnd(52)} ${'best MB/s'.padStart(10)} ${'median'.padStart(8)} ${'x nbdcopy'.padStart(10)} ${'CPU s/GiB'.padStart(10)} ${'JS thr.'.padStart(8)}${withServer ? ` ${'server'.padStart(8)}` : ''}`);
   for (const r of rows) {
-    console.log(`${r.name.padEnd(52)} ${r.best.toFixed(0).padStart(10)} ${r.median.toFixed(0).padStart(8)} ${(r.median / reference.median).toFixed(2).padStart(10)} ${r.cpuPerGiB.toFixed(3).padStart(10)}`);
+    console.log(`${r.name.padEnd(52)} ${r.best.toFixed(0).padStart(10)} ${r.median.toFixed(0).padStart(8)} ${(r.median / reference.median).toFixed(2).padStart(10)} ${r.cpuPerGiB.toFixed(3).padStart(10)} ${opt(r.mainPerGiB)}${withServer ? ` ${opt(r.serverPerGiB)}` : ''}`);
   }
 }
 
@@ -142,17 +184,24 @@ async function measureTls(image: string, dataBytes: number): Promise<void> {
     const uri = `nbds://127.0.0.1:${server.port}/${server.exportName}?tls-certificates=${lab.nbdCerts}`;
     const base: NbdPoolOptions = { host: server.host, port: server.port, exportName: server.exportName, metaContexts: ['base:allocation'],
       tls: { mode: 'require', certs: lab.nbdCerts } };
-    const list: Subject[] = [
+    const probe = await NbdConnection.open({ host: server.host, port: server.port, tls: base.tls });
+    const cipher = probe.tlsCipher;
+    await probe.close();
+    const all: Subject[] = [
       { name: 'nbdcopy nbds:// null: (defaults)', run: () => timeNbdcopy(uri, dataBytes) },
       { name: 'ours: TLS, 1 connection, 8 x 256 KiB', run: () => timeOurs(base, 8) },
       { name: 'ours: TLS, pool of 2 connections', run: () => timeOurs({ ...base, connections: 2 }, 16) },
+      { name: 'ours: TLS, 1 connection, \'data\' events (before)', run: () => timeOurs({ ...base, onread: false }, 8) },
       { name: 'nbdcopy nbds:// --connections=1', run: () => timeNbdcopy(uri, dataBytes, ['--connections=1']) },
+      { name: 'prototype: 1 worker thread (nbd-tls-worker.ts)', run: () => timeSource(() => workerExport(base, 1), 8) },
+      { name: 'prototype: 2 worker threads, 1 connection each', run: () => timeSource(() => workerExport(base, 2), 16) },
     ];
+    const list = process.env.BENCH_TLS_WORKER === '0' ? all.slice(0, 5) : all;
     const samples = list.map(() => [] as Sample[]);
     for (let round = 0; round < runs; round++) {
-      for (const [i, subject] of list.entries()) samples[i]!.push(await subject.run());
+      for (const [i, subject] of list.entries()) samples[i]!.push(await withServer(server.pid, subject.run));
     }
-    console.log('\nNBD over TLS (qemu-nbd on 127.0.0.1, TLS 1.3, x509 with client certificate):');
+    console.log(`\nNBD over TLS (qemu-nbd on 127.0.0.1, ${cipher}, x509 with client certificate; CPU s/GiB: the reader's process, its JS thread, qemu-nbd):`);
     const rows = list.map((subject, i) => summary(subject.name, samples[i]!));
     print(rows, rows[0]!);
   } finally {

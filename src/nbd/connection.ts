@@ -13,6 +13,7 @@
 // would hold its place for ever.
 
 import net from 'node:net';
+import type tls from 'node:tls';
 import { VircptError } from '../errors.js';
 import { NBD_CMD_DISC, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_OPT_ABORT, NBD_OPT_STARTTLS, NBD_REP_ACK, NBD_REP_ERR_POLICY, NBD_REP_ERR_UNSUP, NBD_REP_FLAG_ERROR } from './constants.js';
 import { encodeClientFlags, encodeOption, encodeRequest } from './codec.js';
@@ -28,7 +29,8 @@ export interface ConnectionOptions extends SocketTarget {
   /** Bound on each request once sent (default 30 s). */
   requestTimeoutMs?: number;
   signal?: AbortSignal;
-  /** Read into the destination buffer via `onread` (default); false feeds bytes from 'data' events. */
+  /** Read into the destination buffer via `onread` (default); false feeds bytes from 'data'
+   *  events (with TLS: 'data' events instead of push(), for the benchmark's comparison). */
   onread?: boolean;
   /** NBD over TLS (TCP only): STARTTLS before any other option; off when absent. */
   tls?: NbdTlsOptions | undefined;
@@ -72,6 +74,7 @@ export class NbdConnection {
   /** The TCP socket under TLS (the same as #socket without TLS). */
   readonly #raw: net.Socket;
   #secure = false;
+  readonly #dataEvents: boolean;
   #socketError: Error | undefined;
   readonly #onData = (chunk: Buffer): void => this.#parser.push(chunk);
   readonly #parser: NbdParser;
@@ -122,6 +125,13 @@ export class NbdConnection {
   /** Whether the connection runs over TLS. */
   get secure(): boolean { return this.#secure; }
 
+  /** The TLS version and cipher suite negotiated (`TLSv1.3 TLS_AES_256_GCM_SHA384`), if secure. */
+  get tlsCipher(): string | undefined {
+    if (!this.#secure) return undefined;
+    const s = this.#socket as tls.TLSSocket;
+    return `${s.getProtocol() ?? '?'} ${s.getCipher().standardName}`;
+  }
+
   /** NBD_OPT_STARTTLS, then the TLS handshake on the same socket. Under `prefer`, a server without
    *  TLS (NBD_REP_ERR_UNSUP or _POLICY, QEMU's "TLS not configured") leaves plaintext. */
   async #startTls(o: NbdTlsOptions, host: string, credentials: TlsCredentials): Promise<void> {
@@ -142,14 +152,33 @@ export class NbdConnection {
       secure.destroy();
       throw err;
     });
-    secure.on('data', this.#onData);
+    if (this.#dataEvents) secure.on('data', this.#onData);
+    else this.#feedFrom(secure);
     this.#secure = true;
+  }
+
+  /**
+   * The TLS socket's plaintext goes to the parser from its push(). A TLS socket wrapping a socket
+   * ignores `onread` (Node 20), so every TLS record (16 KiB at most) comes as a fresh Buffer; a
+   * 'data' listener would take each one through Readable's buffering and events first, about a
+   * tenth of the CPU of a TLS read (docs/benchmarks.md). Node hands a socket every chunk it reads
+   * through push(); the end (null) goes on to Readable, which ends and closes the socket as usual.
+   */
+  #feedFrom(secure: tls.TLSSocket): void {
+    const push = secure.push.bind(secure);
+    secure.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
+      if (!Buffer.isBuffer(chunk)) return push(chunk, encoding);
+      this.#parser.push(chunk);
+      return true;
+    };
+    secure.resume();
   }
 
   private constructor(options: ConnectionOptions) {
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
+    this.#dataEvents = options.onread === false;
     this.#parser = new NbdParser({ lookup: (cookie) => this.#inFlight.get(cookie), onEvent: (e) => this.#onEvent(e) });
-    // TLS sockets have no `onread`: with TLS, bytes come from 'data' events.
+    // A TLS socket over this one ignores `onread`: with TLS, bytes come from push() (#feedFrom).
     const plain = options.onread === false || (options.tls !== undefined && options.tls.mode !== 'off');
     const onread = plain ? undefined : {
       buffer: () => this.#nextBuffer(),

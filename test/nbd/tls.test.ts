@@ -114,11 +114,12 @@ test('a client certificate from another CA is refused by the server, in one line
   });
 });
 
-test('the connection reports TLS', async (t) => {
+test('the connection reports TLS, its version and cipher', async (t) => {
   const f = await fixture(t);
   const s = await qemuNbd(f.image, '127.0.0.1', true);
   t.after(() => s.stop());
   const conn = await NbdConnection.open({ host: s.host, port: s.port, tls: { mode: 'require', certs: lab.nbdCerts } });
   assert.equal(conn.secure, true);
+  assert.match(conn.tlsCipher ?? '', /^TLSv1\.[23] TLS_\w+$/, 'version and cipher suite');
   await conn.close();
 });
