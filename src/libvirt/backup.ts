@@ -78,15 +78,16 @@ export function backupXml(req: BackupRequest): string {
   });
 }
 
-/** Starts the job (a virsh process of its own: its exit status is the outcome, see virsh.ts). A
- *  timeout or a lost connection leaves the outcome unknown: the caller asks describeBackup. */
+/** Starts the job, through a virsh shell when there is one (virsh.ts CallOptions.checkable): on
+ *  any failure (libvirt's refusal, a timeout, a lost connection) the caller asks describeBackup
+ *  whether a job with its socket runs anyway. */
 export async function beginBackup(virsh: Virsh, domain: string, xml: string): Promise<void> {
-  await virsh.runWithXml(['backup-begin', '--', domain, '{xml}'], xml);
+  await virsh.runWithXml(['backup-begin', '--', domain, '{xml}'], xml, { checkable: true });
 }
 
 /** As beginBackup, with the XML already in a file: virsh starts at once (no temporary folder). */
 export async function beginBackupFrom(virsh: Virsh, domain: string, file: string): Promise<void> {
-  await virsh.run(['backup-begin', '--', domain, file]);
+  await virsh.run(['backup-begin', '--', domain, file], { checkable: true });
 }
 
 /** The running backup job of a domain, or undefined when there is none. */

@@ -25,9 +25,10 @@ export interface VirshOptions {
 
 /** Queries that answer at once and change nothing: what the shells may run. A shell's answer is
  *  read from echoed text, so after a timeout or a lost connection nobody knows what it did:
- *  harmless for a query (it is asked again), not for a change. Changes (backup-begin,
- *  domjobabort) and anything that can block for long (agent commands, fsfreeze, checkpoint
- *  creation) run as a virsh process of their own, whose exit status is their outcome. */
+ *  harmless for a query (it is asked again), not for a change. Changes (domjobabort) and
+ *  anything that can block for long (agent commands, fsfreeze, checkpoint creation) run as a
+ *  virsh process of their own, whose exit status is their outcome; the one exception is a
+ *  change the caller checks itself after any failure (CallOptions.checkable: backup-begin). */
 const SESSION_COMMANDS = new Set([
   'list', 'domstate', 'dominfo', 'dumpxml', 'domblkinfo', 'domjobinfo',
   'checkpoint-list', 'checkpoint-dumpxml', 'backup-dumpxml', 'uri',
@@ -44,6 +45,13 @@ export interface CallOptions {
   signal?: AbortSignal;
   timeoutMs?: number;
   input?: string;
+  /**
+   * A change whose outcome the caller learns afterwards by itself whenever the call fails
+   * (backup-begin: backup-dumpxml names the job's socket): it may go through a shell too, which
+   * saves starting a process (100-150 ms). Anything but a clean answer is an error, never a
+   * second try as a process, since the first may have done it.
+   */
+  checkable?: boolean;
 }
 
 // libvirt's own words -> our codes. Order matters: the first match wins.
@@ -165,8 +173,11 @@ export class Virsh {
   async run(args: string[], opts: CallOptions = {}): Promise<string> {
     const timeout = opts.timeoutMs ?? this.#timeoutMs;
     const started = performance.now();
-    if (this.#sessions && SESSION_COMMANDS.has(args[0] ?? '') && opts.input === undefined) {
+    if (this.#sessions && (SESSION_COMMANDS.has(args[0] ?? '') || opts.checkable) && opts.input === undefined) {
       const answer = await this.#inSession(args, timeout, opts.signal);
+      if (answer === undefined && opts.checkable) {
+        throw new VircptError('LIBVIRT', `virsh ${args[0]}: the virsh shell lost its connection to libvirt; outcome unknown`);
+      }
       if (answer !== undefined) {
         this.#log?.debug({ args, ms: Math.round(performance.now() - started), ok: answer.ok, session: true }, 'virsh');
         if (answer.ok) return stripFinalNewline(answer.stdout);
