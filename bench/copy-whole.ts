@@ -1,6 +1,6 @@
 // node dist/bench/copy-whole.js: `vircpt copy` as a user runs it, one whole command that starts
 // its own export, copies and releases it, against the same done by hand with the C tools:
-// `virsh backup-begin` + `nbdcopy URI file` + `virsh domjobabort`, on one lab VM (4 GiB disk,
+// `virsh backup-begin` + `nbdcopy --flush URI file` + `virsh domjobabort`, on one lab VM (4 GiB disk,
 // 1.5 GiB data) at one checkpoint, in pairs (each other pair in the other order). Prints the
 // seconds of each pair, the median speed ratio (ours / by hand: above 1, ours is faster), and
 // what start-up costs without any copy: `node -e 0`, `vircpt --version`, `vircpt list`.
@@ -58,7 +58,7 @@ async function main(): Promise<void> {
     await writeFile(xml, backupXml({ incremental: 'c0', socket, disks: [{ target: 'vda', scratch: path.join(jobDir, 'vda.scratch.qcow2') }], skip: [] }));
     const uri = formatNbdUri({ exportName: 'vda', socketPath: socket });
     const out = path.join(work, 'out');
-    const script = `virsh -q -c ${LAB_URI} backup-begin "$1" "$2" >/dev/null && nbdcopy "$3" "$4" && virsh -q -c ${LAB_URI} domjobabort "$1"`;
+    const script = `virsh -q -c ${LAB_URI} backup-begin "$1" "$2" >/dev/null && nbdcopy --flush "$3" "$4" && virsh -q -c ${LAB_URI} domjobabort "$1"`;
     const rows: Array<{ ours: number; theirs: number; oursCpu: number; theirsCpu: number }> = [];
     const ours = async () => {
       await settle(vm.name);

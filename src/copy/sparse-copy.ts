@@ -222,6 +222,8 @@ export async function copyDisk(disk: NbdDisk, outFile: string, opts: CopyOptions
       throw err;
     });
     await out.close();
+    // On disk before we say it is copied, as a backup must be (most of it went there directly).
+    await fh.datasync();
     await fh.close();
     return result;
   } catch (err) {
