@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -46,19 +47,33 @@ static inline void watchdog_served(struct watchdog *w) {
   atomic_store_explicit(&w->last_served_ms, now_ms(), memory_order_relaxed);
 }
 
-// Answers every request now waiting (non-blocking fd: EAGAIN when drained).
+// Answers every request waiting now, and none that comes later: all of them are read off first,
+// then answered. Answering as they are read let a request that the first answer itself set off
+// (the daemon, unblocked by its EDEADLK, reading its own mount again at once) be taken too,
+// before the event loop could come back for it.
+#define WATCHDOG_BATCH 256
 static inline void watchdog_answer(struct watchdog *w, char *buf) {
-  for (;;) {
-    ssize_t n = read(w->fd, buf, WATCHDOG_BUF_SIZE);
-    if (n < (ssize_t)sizeof(struct fuse_in_header)) return;
-    const struct fuse_in_header *in = (const struct fuse_in_header *)buf;
-    if (in->opcode == FUSE_FORGET || in->opcode == FUSE_BATCH_FORGET || in->opcode == FUSE_INTERRUPT) continue;
-    struct fuse_out_header out = {.len = sizeof out, .error = -EDEADLK, .unique = in->unique};
-    if (write(w->fd, &out, sizeof out) < 0) return;
-    if (atomic_fetch_add(&w->answered, 1) == 0) {
-      fprintf(stderr, "vircptfs: the event loop has not served its FUSE mount for %d ms while requests wait "
-                      "(a synchronous call of the daemon into its own mount?): answering EDEADLK until it does\n",
-              w->stall_ms);
+  uint64_t uniques[WATCHDOG_BATCH];
+  int more = 1;
+  while (more) {
+    int n_waiting = 0;
+    more = 0;
+    while (n_waiting < WATCHDOG_BATCH) {
+      ssize_t n = read(w->fd, buf, WATCHDOG_BUF_SIZE);
+      if (n < (ssize_t)sizeof(struct fuse_in_header)) break;  // EAGAIN: drained
+      const struct fuse_in_header *in = (const struct fuse_in_header *)buf;
+      if (in->opcode == FUSE_FORGET || in->opcode == FUSE_BATCH_FORGET || in->opcode == FUSE_INTERRUPT) continue;
+      uniques[n_waiting++] = in->unique;
+    }
+    if (n_waiting == WATCHDOG_BATCH) more = 1;  // a full batch: read on after answering it
+    for (int i = 0; i < n_waiting; i++) {
+      struct fuse_out_header out = {.len = sizeof out, .error = -EDEADLK, .unique = uniques[i]};
+      if (write(w->fd, &out, sizeof out) < 0) return;
+      if (atomic_fetch_add(&w->answered, 1) == 0) {
+        fprintf(stderr, "vircptfs: the event loop has not served its FUSE mount for %d ms while requests wait "
+                        "(a synchronous call of the daemon into its own mount?): answering EDEADLK until it does\n",
+                w->stall_ms);
+      }
     }
   }
 }

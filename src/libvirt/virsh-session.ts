@@ -27,6 +27,12 @@ interface Pending {
 
 const PROMPT = 'virsh # ';
 
+/** Whether a shell can be given these arguments: its commands are lines, so no control characters
+ *  (a tab or newline in a domain name: such a call runs as a process). */
+export function sayable(args: readonly string[]): boolean {
+  return !args.some((a) => /[\x00-\x1f\x7f]/.test(a));
+}
+
 /** Quotes one argument for virsh's command parser (single quotes, as a POSIX shell). */
 export function quoteArg(arg: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
@@ -66,7 +72,7 @@ export class VirshSession {
     if (this.#closed) return Promise.reject(new Error('virsh session closed'));
     // The shell reads lines through readline: a newline would end the command, a tab would ask
     // for completion. Such an argument (a domain name may hold a tab) goes to a virsh process.
-    if (args.some((a) => /[\x00-\x1f\x7f]/.test(a))) return Promise.reject(new Error('virsh session: an argument has a control character'));
+    if (!sayable(args)) return Promise.reject(new Error('virsh session: an argument has a control character'));
     return new Promise((resolve, reject) => {
       const marker = `@@vircpt-${this.#id}-${++this.#seq}@@`;
       this.#queue.push({ line: args.map(quoteArg).join(' '), marker, timeoutMs, resolve, reject });

@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { VircptError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { runProgram, stripFinalNewline } from '../run.js';
-import { VirshSession } from './virsh-session.js';
+import { sayable, VirshSession } from './virsh-session.js';
 
 export interface VirshOptions {
   uri: string;
@@ -173,7 +173,7 @@ export class Virsh {
   async run(args: string[], opts: CallOptions = {}): Promise<string> {
     const timeout = opts.timeoutMs ?? this.#timeoutMs;
     const started = performance.now();
-    if (this.#sessions && (SESSION_COMMANDS.has(args[0] ?? '') || opts.checkable) && opts.input === undefined) {
+    if (this.#sessions && (SESSION_COMMANDS.has(args[0] ?? '') || opts.checkable) && opts.input === undefined && sayable(args)) {
       const answer = await this.#inSession(args, timeout, opts.signal);
       if (answer === undefined && opts.checkable) {
         throw new VircptError('LIBVIRT', `virsh ${args[0]}: the virsh shell lost its connection to libvirt; outcome unknown`);
