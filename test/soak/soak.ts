@@ -167,6 +167,12 @@ async function sample(o: SoakOptions, m: FsMount, s: Shared, domains: Domain[], 
   return samples;
 }
 
+/** A worker's failure, with the daemon's last warnings and errors: the reason is usually there. */
+function withDaemonLog(err: Error, m: FsMount): Error {
+  const lines = m.stderr.split('\n').filter((l) => /: (warning|error): /.test(l)).slice(-12);
+  return lines.length === 0 ? err : new Error(`${err.message}\nthe daemon's last warnings and errors:\n${lines.join('\n')}`, { cause: err });
+}
+
 export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const print = o.print ?? ((l: string) => console.log(l));
   const cacheMiB = o.cacheMiB ?? 64;
@@ -193,7 +199,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     const samples = await sample(o, m, s, domains, print);
     s.stop = true;
     await Promise.all(workers);
-    if (s.failure) throw s.failure;
+    if (s.failure) throw withDaemonLog(s.failure, m);
     for (const d of domains) await waitReleased(d.vm, 30_000);
     const exit = await m.stop('SIGTERM');
     const leftovers = (await Promise.all(domains.map((d) => leftoversOf(d.vm.name)))).flat();
