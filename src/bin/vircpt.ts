@@ -2,9 +2,11 @@
 // vircpt: the only place that reads argv, handles signals and exits.
 import { readFileSync, writeSync } from 'node:fs';
 import v8 from 'node:v8';
-import { EXIT_INTERRUPTED } from '../cli/exit.js';
+import { earlyUri } from '../cli/early-uri.js';
+import { defaultUri, EXIT_INTERRUPTED } from '../cli/exit.js';
 import { textLogger } from '../cli/text-log.js';
 import { defaultRuntimeDirs } from '../exports/runtime.js';
+import { prestartSession } from '../libvirt/virsh-session.js';
 import { lazyLogger } from '../log.js';
 
 // A vircpt process lives seconds: V8's optimizing compiler cost it CPU and its code ran the copy
@@ -20,6 +22,10 @@ if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
   process.stdout.write(`vircpt ${pkg.version}\n`);
   process.exit(0);
 }
+// A command that will ask libvirt gets its virsh shell started now: virsh loads libvirt and
+// connects while node loads the program, instead of after.
+const uri = earlyUri(argv, defaultUri());
+if (uri !== undefined) prestartSession(uri);
 const { runVircpt } = await import('../cli/vircpt.js');
 const verbose = argv.includes('-v') || argv.includes('--verbose');
 const controller = new AbortController();

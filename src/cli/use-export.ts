@@ -22,6 +22,16 @@ export interface ExportUse {
   own: boolean;
 }
 
+/** What the caller of withExport gets: the export, and a way to let it go before it returns. */
+export interface HeldExport extends ExportUse {
+  /**
+   * The caller reads no more: the export is closed (and released, when ours) from now on, while
+   * the caller finishes its own work (a copy's last writes and its fdatasync). withExport still
+   * waits for it before returning, and reports its failure. Idempotent.
+   */
+  release(): void;
+}
+
 /** An export in use, with the instance that started it when that is us. */
 type Opened = ExportUse & { instance?: Instance };
 
@@ -33,15 +43,23 @@ type Opened = ExportUse & { instance?: Instance };
  */
 const NBD_OPTIONS = { connections: 2, requestSize: 1024 * 1024, maxInFlight: 2 } as const;
 
-export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: ExportUse) => Promise<T>): Promise<T> {
+export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: HeldExport) => Promise<T>): Promise<T> {
   const { instance, ...use } = (await throughRunningExport(ctx, checkpointName)) ?? (await lookUpAndStart(ctx, checkpointName));
   const guard = instance && guardOf(ctx, use.exp);
+  let released: Promise<void> | undefined;
+  const release = (): Promise<void> => {
+    released ??= (async () => {
+      guard?.stop();
+      await use.exp.close();
+      if (instance) await stopExport(ctx.virsh, { rec: use.exp.rec, instance }, ctx.log);
+    })();
+    released.catch(() => undefined); // awaited (and reported) below
+    return released;
+  };
   try {
-    return await fn(use);
+    return await fn({ ...use, release: () => void release() });
   } finally {
-    guard?.stop();
-    await use.exp.close();
-    if (instance) await stopExport(ctx.virsh, { rec: use.exp.rec, instance }, ctx.log);
+    await release();
   }
 }
 

@@ -1,5 +1,6 @@
 // The vircpt program: commander, built from injected dependencies (bin/ wires the real ones).
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { createRequire } from 'node:module';
+import type * as Commander from 'commander';
 import { VircptError, messageOf } from '../errors.js';
 import { DEFAULT_SCRATCH_RESERVE, formatReserve, type ScratchReserve } from '../exports/scratch-guard.js';
 import { parseReserve, parseSize } from '../fs/options.js';
@@ -7,6 +8,10 @@ import { DEFAULT_NBD_PORTS, parsePorts, parseTlsMode, type PortRange } from '../
 import { DEFAULT_NBD_CERTS, type NbdTlsMode } from '../nbd/tls.js';
 import { makeCtx, type Ctx, type Deps, type GlobalOptions } from './context.js';
 import { defaultUri, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './exit.js';
+
+// Required when this module runs, not imported: an import would load commander before
+// bin/vircpt.ts could start the virsh shell (bundled, every static import is loaded first).
+const { Command, CommanderError, InvalidArgumentError, Option } = createRequire(import.meta.url)('commander') as typeof Commander;
 
 // Each command's module is loaded when it runs: a process runs one, and `--help` none.
 const checkpoints = () => import('./commands/checkpoints.js');
@@ -65,7 +70,7 @@ function checkpointName(value: string): string {
 }
 
 /** `opened` gets every command context made, for the caller to close (runVircpt does). */
-export function buildProgram(deps: Deps, opened: Ctx[] = []): Command {
+export function buildProgram(deps: Deps, opened: Ctx[] = []): Commander.Command {
   const program = new Command('vircpt')
     .description('libvirt checkpoints: create, list, delete, export, release, hotadd, hotremove, map, info, copy')
     .addOption(new Option('-U, --uri <uri>', 'libvirt connection URI').default(defaultUri()))

@@ -67,6 +67,8 @@ export interface CopyOptions {
   inFlight?: number;
   /** Called with bytes handled so far (read or known zero). */
   onProgress?: (delta: number) => void;
+  /** Called once every byte to copy has been read: the disk is not read again. */
+  onReadsDone?: () => void;
 }
 
 export interface CopyResult {
@@ -197,6 +199,7 @@ export async function copyDisk(disk: NbdDisk, outFile: string, opts: CopyOptions
   const signal = cancel.signal;
   const zero = Buffer.alloc(chunk);
   let next = 0;
+  let unread = chunks.length;
   const worker = async (_: unknown, i: number) => {
     const buf = buffers?.[i] ?? Buffer.allocUnsafe(chunk);
     while (next < chunks.length) {
@@ -205,6 +208,7 @@ export async function copyDisk(disk: NbdDisk, outFile: string, opts: CopyOptions
       const view = buf.subarray(0, length);
       await disk.read(offset, length, view, signal);
       result.readBytes += length;
+      if (--unread === 0) opts.onReadsDone?.();
       if (!view.equals(zero.subarray(0, length))) {
         await out.write(view, offset);
         result.writtenBytes += length;
@@ -215,6 +219,7 @@ export async function copyDisk(disk: NbdDisk, outFile: string, opts: CopyOptions
   try {
     await fh.truncate(disk.size); // holes for everything not written
     opts.onProgress?.(zeroBytes);
+    if (chunks.length === 0) opts.onReadsDone?.();
     const workers = Array.from({ length: inFlight }, worker);
     await Promise.all(workers).catch(async (err: unknown) => {
       cancel.abort(err); // the other workers stop too, before the file goes

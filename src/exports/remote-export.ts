@@ -6,10 +6,10 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { VircptError, messageOf } from '../errors.js';
 import { withFrozenGuest } from '../libvirt/agent.js';
-import { abortJob, backupXml, beginBackup, describeBackup, exportBitmapName, jobInfo, type BackupJob, type JobInfo } from '../libvirt/backup.js';
+import { backupXml, beginBackup, describeBackup, exportBitmapName, jobInfo, type BackupJob, type JobInfo } from '../libvirt/backup.js';
 import type { Virsh } from '../libvirt/virsh.js';
 import type { Logger } from '../log.js';
-import { currentJob, waitJobGone, type BackupExportOptions } from './backup-export.js';
+import { abortJobAndWait, currentJob, type BackupExportOptions } from './backup-export.js';
 import { jobMatches, writeRecord, type ExportRecord, type RemoteEndpoint } from './export.js';
 import { candidatePorts, DEFAULT_REMOTE_SCRATCH, freePort, takePort, type RemoteTarget } from './remote.js';
 import { domainDirName, hostId, Instance, instanceAlive } from './runtime.js';
@@ -48,8 +48,7 @@ async function assertNoRemoteJob(virsh: Virsh, instance: Instance, domain: strin
   }
   log.warn({ domain }, `domain ${domain}: aborting the remote backup job left by instance ${owner.instance} of this host`);
   const scratch = job?.disks[0]?.scratch;
-  await abortJob(virsh, domain);
-  await waitJobGone(virsh, domain, (j) => j.disks[0]?.scratch === scratch);
+  await abortJobAndWait(virsh, domain, (j) => j.disks[0]?.scratch === scratch);
   await new Instance(owner.instance, instance.dirs).cleanup(domain);
 }
 

@@ -96,11 +96,11 @@ export class Instance {
   /** Creates the domain's directories, reachable by root and `owner` (QEMU's user) only. */
   async prepare(domain: string, owner?: { uid: number; gid: number }, scratchRoot?: string): Promise<void> {
     await mkdir(this.dirs.runDir, { recursive: true, mode: 0o755 });
-    for (const dir of [this.domainDir(domain), this.scratchDir(domain, scratchRoot)]) {
+    await Promise.all([this.domainDir(domain), this.scratchDir(domain, scratchRoot)].map(async (dir) => {
       await mkdir(path.dirname(dir), { recursive: true, mode: 0o711 });
       await mkdir(dir, { recursive: true, mode: 0o700 });
       if (owner && process.getuid?.() === 0) await chown(dir, owner.uid, owner.gid);
-    }
+    }));
   }
 
   /** Removes the domain's directories (and the instance's, once empty). */

@@ -122,8 +122,9 @@ export function parseBackupXml(xml: string): BackupJob {
   };
 }
 
-/** Ends the domain's job (a virsh process of its own). Callers check first that the job is
- *  theirs, and after a failure whether it is still there (a timeout says nothing either way). */
+/** Ends the domain's job. Callers check first that the job is theirs, and after a failure
+ *  whether it is still there (a timeout says nothing either way): with `checkable` it may go
+ *  through a virsh shell (virsh.ts), otherwise it is a virsh process of its own. */
 export async function abortJob(virsh: Virsh, domain: string, opts?: CallOptions): Promise<void> {
   await virsh.run(['domjobabort', '--', domain], opts);
 }

@@ -46,6 +46,30 @@ function holdOpen(child: ChildProcessWithoutNullStreams, hold: boolean): void {
   }
 }
 
+/** Shells started before the program knew it needed them (prestartSession), by URI. */
+const prestarted = new Map<string, VirshSession>();
+
+/**
+ * Starts a shell for `uri` now, for the first Virsh of that URI to take (Virsh.warm): bin/vircpt.ts
+ * calls it before loading the program, so virsh loads libvirt and connects meanwhile. Idle, it
+ * does not keep this process alive.
+ */
+export function prestartSession(uri: string): void {
+  if (prestarted.has(uri)) return;
+  const session = new VirshSession(uri);
+  session.start();
+  prestarted.set(uri, session);
+}
+
+/** The shell prestarted for `uri`, if any; shells prestarted for other URIs are closed unused. */
+export function takePrestarted(uri: string): VirshSession | undefined {
+  const session = prestarted.get(uri);
+  prestarted.delete(uri);
+  for (const other of prestarted.values()) other.close();
+  prestarted.clear();
+  return session;
+}
+
 export class VirshSession {
   readonly #uri: string;
   #child: ChildProcessWithoutNullStreams | undefined;

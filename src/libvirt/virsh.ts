@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { VircptError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { runProgram, stripFinalNewline } from '../run.js';
-import { sayable, VirshSession } from './virsh-session.js';
+import { sayable, takePrestarted, VirshSession } from './virsh-session.js';
 
 export interface VirshOptions {
   uri: string;
@@ -25,10 +25,10 @@ export interface VirshOptions {
 
 /** Queries that answer at once and change nothing: what the shells may run. A shell's answer is
  *  read from echoed text, so after a timeout or a lost connection nobody knows what it did:
- *  harmless for a query (it is asked again), not for a change. Changes (domjobabort) and
- *  anything that can block for long (agent commands, fsfreeze, checkpoint creation) run as a
- *  virsh process of their own, whose exit status is their outcome; the one exception is a
- *  change the caller checks itself after any failure (CallOptions.checkable: backup-begin). */
+ *  harmless for a query (it is asked again), not for a change. Changes and anything that can
+ *  block for long (agent commands, fsfreeze, checkpoint creation) run as a virsh process of their
+ *  own, whose exit status is their outcome; the exception is a change the caller checks itself
+ *  after any failure (CallOptions.checkable: backup-begin, domjobabort). */
 const SESSION_COMMANDS = new Set([
   'list', 'domstate', 'dominfo', 'dumpxml', 'domblkinfo', 'domjobinfo',
   'checkpoint-list', 'checkpoint-dumpxml', 'backup-dumpxml', 'uri',
@@ -47,9 +47,9 @@ export interface CallOptions {
   input?: string;
   /**
    * A change whose outcome the caller learns afterwards by itself whenever the call fails
-   * (backup-begin: backup-dumpxml names the job's socket): it may go through a shell too, which
-   * saves starting a process (100-150 ms). Anything but a clean answer is an error, never a
-   * second try as a process, since the first may have done it.
+   * (backup-begin, domjobabort: backup-dumpxml names the job's socket): it may go through a
+   * shell too, which saves starting a process (25-150 ms by load). Anything but a clean answer is
+   * an error, never a second try as a process here, since the first may have done it.
    */
   checkable?: boolean;
 }
@@ -106,14 +106,14 @@ export class Virsh {
   }
 
   /**
-   * Session mode: starts a shell now, so that virsh loads libvirt and connects while the caller
-   * does other work (loading its modules) instead of at the first query. An idle shell never
-   * keeps this process alive.
+   * Session mode: starts a shell now (or takes the one prestarted for this URI), so that virsh
+   * loads libvirt and connects while the caller does other work (loading its modules) instead of
+   * at the first query. An idle shell never keeps this process alive.
    */
   warm(): void {
     const sessions = this.#sessions;
     if (sessions === undefined || sessions.length > 0) return;
-    const fresh = new VirshSession(this.uri);
+    const fresh = takePrestarted(this.uri) ?? new VirshSession(this.uri);
     sessions.push(fresh);
     fresh.start();
   }

@@ -19,7 +19,7 @@ async function progressBar() {
 
 export async function copyCmd(ctx: Ctx, name: string, outDir: string): Promise<void> {
   await mkdir(outDir, { recursive: true });
-  await withExport(ctx, name, async ({ exp, targets }) => {
+  await withExport(ctx, name, async ({ exp, targets, release }) => {
     const files = targets.map((t) => path.join(outDir, `${t}.raw`));
     for (const f of files) {
       if (await stat(f).then(() => true, () => false)) throw new VircptError('INVALID', `${f} already exists; not overwriting it`);
@@ -35,12 +35,15 @@ export async function copyCmd(ctx: Ctx, name: string, outDir: string): Promise<v
     };
     const started = Date.now();
     const results: string[] = [];
+    // Once every disk is read, the export goes (libvirt ends the job) while the writes finish.
+    let reading = disks.length;
+    const onReadsDone = () => { if (--reading === 0) release(); };
     try {
       let next = 0;
       await Promise.all(Array.from({ length: DISKS_AT_ONCE }, async () => {
         while (next < disks.length) {
           const i = next++;
-          const r = await copyDisk(disks[i]!, files[i]!, { signal: ctx.signal, onProgress });
+          const r = await copyDisk(disks[i]!, files[i]!, { signal: ctx.signal, onProgress, onReadsDone });
           results[i] = `${targets[i]}: ${files[i]} (${r.size} bytes, ${r.writtenBytes} written, the rest sparse)`;
         }
       }));
