@@ -50,11 +50,12 @@ export interface Ctx extends Deps {
 }
 
 /**
- * A command's context. Its queries go through one virsh shell, started here so that virsh loads
- * libvirt and connects while the command's modules load: a command asks libvirt several things,
- * and each virsh process would load libvirt and connect again (tens of milliseconds each, on a
- * CPU the command needs too). Changes (backup-begin, domjobabort) still run as processes of their
- * own (virsh.ts). The caller closes `virsh` when the command ends.
+ * A command's context. Its queries go through one virsh shell, started here (or taken over from
+ * bin/vircpt.ts, which starts it before the program loads) so that virsh loads libvirt and
+ * connects while the command's modules load: a command asks libvirt several things, and each
+ * virsh process would load libvirt and connect again (tens of milliseconds each, on a CPU the
+ * command needs too). Changes run as processes of their own unless their outcome is checked
+ * afterwards (virsh.ts). The caller closes `virsh` when the command ends.
  */
 export function makeCtx(deps: Deps, opts: GlobalOptions): Ctx {
   if (!opts.domain) throw new VircptError('USAGE', 'a domain is required: -d/--domain NAME');
