@@ -17,15 +17,20 @@ import { leftoversOf } from '../lab/leftovers.js';
 
 const MiB = 1024 * 1024;
 
-/** A fake: the named commands run for real, then fail as if their answer was lost. */
+/** A fake: the named commands run for real, then fail as if their answer was lost; or, with
+ *  'shell-lost', fail unsent when they would go through a shell (CallOptions.checkable), as a
+ *  shell whose libvirtd went away does. */
 class LostAnswerVirsh extends Virsh {
-  constructor(readonly lost: Map<string, 'timeout' | 'unreachable'>) {
+  constructor(readonly lost: Map<string, 'timeout' | 'unreachable' | 'shell-lost'>) {
     super({ uri: LAB_URI });
   }
 
   override async run(args: string[], opts?: CallOptions): Promise<string> {
     const how = this.lost.get(args[0] ?? '');
     if (how === 'unreachable') throw new VircptError('LIBVIRT', 'Failed to connect socket to libvirt (fake)');
+    if (how === 'shell-lost' && opts?.checkable) {
+      throw new VircptError('LIBVIRT', `virsh ${args[0]}: the virsh shell lost its connection to libvirt; outcome unknown (fake)`);
+    }
     const out = await super.run(args, opts);
     if (how === 'timeout') throw new VircptError('TIMEOUT', `virsh ${args[0]} timed out after 0 ms (fake)`);
     return out;
@@ -80,6 +85,12 @@ describe('backup-begin and domjobabort whose answer is lost', () => {
   it('a domjobabort that timed out after libvirt ended the job: the release still succeeds', async () => {
     const rec = await start(real);
     await stopBackupExport(new LostAnswerVirsh(new Map([['domjobabort', 'timeout']])), instance, rec, log);
+    await assertReleased();
+  });
+
+  it('a domjobabort through the shell that never reached libvirt: asked again, then a process ends the job', async () => {
+    const rec = await start(real);
+    await stopBackupExport(new LostAnswerVirsh(new Map([['domjobabort', 'shell-lost']])), instance, rec, log);
     await assertReleased();
   });
 
