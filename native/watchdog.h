@@ -68,11 +68,17 @@ static inline void watchdog_answer(struct watchdog *w, char *buf) {
     if (n_waiting == WATCHDOG_BATCH) more = 1;  // a full batch: read on after answering it
     for (int i = 0; i < n_waiting; i++) {
       struct fuse_out_header out = {.len = sizeof out, .error = -EDEADLK, .unique = uniques[i]};
-      if (write(w->fd, &out, sizeof out) < 0) return;
+      // Counted (and logged) before the answer goes: the answer wakes the blocked caller at once,
+      // and what it then reads (deadlocksAvoided) must already count it.
       if (atomic_fetch_add(&w->answered, 1) == 0) {
         fprintf(stderr, "vircptfs: the event loop has not served its FUSE mount for %d ms while requests wait "
                         "(a synchronous call of the daemon into its own mount?): answering EDEADLK until it does\n",
                 w->stall_ms);
+      }
+      if (write(w->fd, &out, sizeof out) < 0) {
+        atomic_fetch_sub(&w->answered, 1);  // not answered after all
+        if (errno == ENOENT) continue;      // that request was interrupted meanwhile: the others still wait
+        return;                             // the mount went away
       }
     }
   }
