@@ -4,12 +4,16 @@
 // 1.5 GiB data) at one checkpoint, in pairs (each other pair in the other order). Prints the
 // seconds of each pair, the median speed ratio (ours / by hand: above 1, ours is faster), and
 // what start-up costs without any copy: `node -e 0`, `vircpt --version`, `vircpt list`.
+// Then the whole command's two parts apart, in pairs too: the fixed cost (`vircpt map`, which
+// starts an export, reads the dirty map and releases it, against `virsh backup-begin` +
+// `nbdinfo --map` + `virsh domjobabort`), and the copy alone (`vircpt copy` reading through a
+// running `vircpt export`, against `nbdcopy --flush` on that export).
 // Environment: BENCH_RUNS (pairs, default 5). Removes all it made.
 import { chown, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
-import { backupXml } from '../src/libvirt/backup.js';
+import { backupXml, exportBitmapName } from '../src/libvirt/backup.js';
 import { formatNbdUri } from '../src/nbd/uri.js';
 import { VIRCPT } from '../test/lab/cli.js';
 import { LAB_URI, Lab, virsh } from '../test/lab/lab.js';
@@ -29,6 +33,28 @@ async function timed(cmd: string, args: string[]): Promise<{ seconds: number; cp
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+interface Timed { seconds: number; cpu: number }
+interface Pair { ours: number; theirs: number; oursCpu: number; theirsCpu: number }
+
+/** RUNS pairs, each other one with the hand-made side first. */
+async function inPairs(ours: () => Promise<Timed>, theirs: () => Promise<Timed>): Promise<Pair[]> {
+  const rows: Pair[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    let o: Timed;
+    let b: Timed;
+    if (i % 2 === 0) { o = await ours(); b = await theirs(); } else { b = await theirs(); o = await ours(); }
+    rows.push({ ours: o.seconds, theirs: b.seconds, oursCpu: o.cpu, theirsCpu: b.cpu });
+  }
+  return rows;
+}
+
+/** The median speed ratio of the pairs (ours / by hand: above 1, ours is faster), with its range. */
+function ratioLine(rows: Pair[]): string {
+  const ratios = rows.map((r) => r.theirs / r.ours);
+  return `ratio ours / by hand (speed, median of pairs; min ${Math.min(...ratios).toFixed(2)}, max ${Math.max(...ratios).toFixed(2)}): ` +
+    `${median(ratios).toFixed(2)}`;
+}
+
 /** Untimed, before each run: no run pays for writing back what another left dirty. */
 async function settle(domain: string): Promise<void> {
   await execa('sync');
@@ -37,7 +63,7 @@ async function settle(domain: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  await requireTools('nbdcopy', 'qemu-img', 'virsh');
+  await requireTools('nbdcopy', 'nbdinfo', 'qemu-img', 'virsh');
   const work = await mkdtemp('/var/tmp/vircptfs-bench-whole-');
   const lab = new Lab('benchwhole');
   let jobDir = '';
@@ -59,7 +85,6 @@ async function main(): Promise<void> {
     const uri = formatNbdUri({ exportName: 'vda', socketPath: socket });
     const out = path.join(work, 'out');
     const script = `virsh -q -c ${LAB_URI} backup-begin "$1" "$2" >/dev/null && nbdcopy --flush "$3" "$4" && virsh -q -c ${LAB_URI} domjobabort "$1"`;
-    const rows: Array<{ ours: number; theirs: number; oursCpu: number; theirsCpu: number }> = [];
     const ours = async () => {
       await settle(vm.name);
       const t = await timed(process.execPath, [VIRCPT, '-U', LAB_URI, '-d', vm.name, 'copy', '--name', 'c0', '--out', out]);
@@ -73,11 +98,35 @@ async function main(): Promise<void> {
       return t;
     };
     const load0 = loadavg()[0]!;
-    for (let i = 0; i < RUNS; i++) {
-      let o: { seconds: number; cpu: number };
-      let b: { seconds: number; cpu: number };
-      if (i % 2 === 0) { o = await ours(); b = await theirs(); } else { b = await theirs(); o = await ours(); }
-      rows.push({ ours: o.seconds, theirs: b.seconds, oursCpu: o.cpu, theirsCpu: b.cpu });
+    const rows = await inPairs(ours, theirs);
+    // The fixed cost: an export started, its dirty map read, the export released.
+    const mapScript = `virsh -q -c ${LAB_URI} backup-begin "$1" "$2" >/dev/null && ` +
+      `nbdinfo --map=qemu:dirty-bitmap:${exportBitmapName('vda')} "$3" >/dev/null && virsh -q -c ${LAB_URI} domjobabort "$1"`;
+    const fixed = await inPairs(
+      async () => { await settle(vm.name); return timed(process.execPath, [VIRCPT, '-U', LAB_URI, '-d', vm.name, 'map', '--name', 'c0']); },
+      async () => { await settle(vm.name); return timed('sh', ['-c', mapScript, 'sh', vm.name, xml, uri]); },
+    );
+    // The copy alone: both read through one running export (`vircpt copy` finds it and leaves it running).
+    const started = await run(process.execPath, [VIRCPT, '-U', LAB_URI, '-d', vm.name, 'export', '--name', 'c0', '--json']);
+    const running = formatNbdUri({ exportName: 'vda', socketPath: (JSON.parse(started) as { disks: { socket: string }[] }).disks[0]!.socket });
+    let copyAlone: Pair[];
+    try {
+      copyAlone = await inPairs(
+        async () => {
+          await execa('sync');
+          const t = await timed(process.execPath, [VIRCPT, '-U', LAB_URI, '-d', vm.name, 'copy', '--name', 'c0', '--out', out]);
+          await rm(out, { recursive: true, force: true });
+          return t;
+        },
+        async () => {
+          await execa('sync');
+          const t = await timed('nbdcopy', ['--flush', running, `${out}.raw`]);
+          await rm(`${out}.raw`, { force: true });
+          return t;
+        },
+      );
+    } finally {
+      await run(process.execPath, [VIRCPT, '-U', LAB_URI, '-d', vm.name, 'release']);
     }
     const startup = { node: [] as number[], version: [] as number[], list: [] as number[] };
     for (let i = 0; i < 7; i++) {
@@ -97,6 +146,13 @@ async function main(): Promise<void> {
       `${median(ratios).toFixed(2)}  (target >= 1.0: ${median(ratios) >= 1 ? 'met' : 'not met'})`);
     console.log(`start-up, median of 7 (s): node -e 0 ${median(startup.node).toFixed(3)}, vircpt --version ${median(startup.version).toFixed(3)}, ` +
       `vircpt list ${median(startup.list).toFixed(3)}`);
+    const ms = (xs: number[]) => `${(median(xs) * 1000).toFixed(0)} ms`;
+    console.log(`the parts apart, ${RUNS} pairs each:`);
+    console.log(`  fixed cost, vircpt map vs virsh backup-begin + nbdinfo --map + virsh domjobabort: ours ${ms(fixed.map((r) => r.ours))}, ` +
+      `by hand ${ms(fixed.map((r) => r.theirs))} (medians; ours - by hand, median of pairs: ${ms(fixed.map((r) => r.ours - r.theirs))})`);
+    console.log(`  copy alone through one running export, vircpt copy vs nbdcopy --flush: ours ${median(copyAlone.map((r) => r.ours)).toFixed(2)} s ` +
+      `(CPU ${median(copyAlone.map((r) => r.oursCpu)).toFixed(2)}), nbdcopy ${median(copyAlone.map((r) => r.theirs)).toFixed(2)} s ` +
+      `(CPU ${median(copyAlone.map((r) => r.theirsCpu)).toFixed(2)}); ${ratioLine(copyAlone)}`);
     console.log(`load average (1 min) before ${load0.toFixed(2)}, after ${loadavg()[0]!.toFixed(2)} (${cpus().length} CPUs)`);
   } finally {
     await lab.cleanup(); // destroys the VM, which ends any job left
