@@ -48,12 +48,14 @@ export async function withExport<T>(ctx: Ctx, checkpointName: string, fn: (use: 
   const guard = instance && guardOf(ctx, use.exp);
   let released: Promise<void> | undefined;
   const release = (): Promise<void> => {
-    released ??= (async () => {
-      guard?.stop();
-      await use.exp.close();
-      if (instance) await stopExport(ctx.virsh, { rec: use.exp.rec, instance }, ctx.log);
-    })();
-    released.catch(() => undefined); // awaited (and reported) below
+    if (!released) {
+      released = (async () => {
+        guard?.stop();
+        await use.exp.close();
+        if (instance) await stopExport(ctx.virsh, { rec: use.exp.rec, instance }, ctx.log);
+      })();
+      released.catch(() => undefined); // awaited (and reported) below
+    }
     return released;
   };
   try {

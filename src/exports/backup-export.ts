@@ -178,10 +178,12 @@ export async function abortJobAndWait(virsh: Virsh, domain: string, same: (job: 
   const ours = (j: BackupJob | undefined): j is BackupJob => j !== undefined && same(j);
   const job = await currentJob(virsh, domain, call);
   if (!ours(job)) return;
+  // After a failed abort: is the job still there and ours (libvirt not answering: assume so)?
+  const stillOurs = async () => ours(await currentJob(virsh, domain, call).catch(() => job));
   await abortJob(virsh, domain, { ...call, checkable: true }).catch(async () => {
-    if (!ours(await currentJob(virsh, domain, call).catch(() => job))) return;
+    if (!(await stillOurs())) return;
     await abortJob(virsh, domain, call).catch(async (err: unknown) => {
-      if (ours(await currentJob(virsh, domain, call).catch(() => job))) throw err;
+      if (await stillOurs()) throw err;
     });
   });
   await waitJobGone(virsh, domain, same);
