@@ -57,7 +57,8 @@ export class FsMount {
   #exit: ChildExit | undefined;
   readonly exited: Promise<ChildExit>;
 
-  constructor(readonly dir: string, readonly child: ResultPromise) {
+  /** `saysMounted`: the daemon logs to stderr, where it says when its mount is up. */
+  constructor(readonly dir: string, readonly child: ResultPromise, private readonly saysMounted = false) {
     child.stderr?.on('data', (d: Buffer) => { this.#stderr += d.toString(); });
     this.exited = child.then(
       (r) => (this.#exit = { code: r.exitCode ?? null, signal: r.signal ?? null }),
@@ -92,10 +93,14 @@ export class FsMount {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (this.#exit) throw new Error(`vircptfs exited (${JSON.stringify(this.#exit)}) before mounting:\n${this.#stderr}`);
+      // Where a dead mount of ours sat on the mountpoint, its entry and the bare directory the
+      // daemon's take-over leaves (before its own mount) would pass the checks below: so, where
+      // it logs to stderr, the daemon must also have said it mounted (its own mount is then up).
+      const said = !this.saysMounted || /\binfo: mounted /.test(this.#stderr);
       const m = await mountEntry(this.dir);
       // A hanging mount (a dead daemon's, still held) must not hang the wait: readdir is raced.
       const lists = () => readdir(this.dir).then(() => true, () => false);
-      if (m?.type === 'fuse.vircptfs' && (await Promise.race([lists(), sleep(2000, false, { ref: false })]))) return;
+      if (said && m?.type === 'fuse.vircptfs' && (await Promise.race([lists(), sleep(2000, false, { ref: false })]))) return;
       await sleep(POLL_MS);
     }
     throw new Error(`vircptfs did not mount ${this.dir} within ${timeoutMs} ms:\n${this.#stderr}`);
@@ -164,7 +169,7 @@ export async function mountFs(o: MountOptions = {}): Promise<FsMount> {
   const child = execa(process.execPath, [VIRCPTFS, ...fsArgs(dir, o)], {
     reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', env: { LC_ALL: 'C', ...o.env }, cleanup: true,
   });
-  const m = new FsMount(dir, child);
+  const m = new FsMount(dir, child, !(o.options ?? []).some((opt) => opt.startsWith('log=')));
   try {
     await m.ready(o.readyTimeoutMs ?? 30_000);
   } catch (err) {
