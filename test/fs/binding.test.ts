@@ -155,16 +155,26 @@ test('options reach the mount; options libfuse 3 does not take are refused befor
 });
 
 test('unmount() waits for files still open, and a second call shares the first', async (t) => {
-  const mount = await scratchMount(t, patternFs(MIB, async () => {}));
-  const script = 'exec 3<"$1"; sleep 1; head -c 4096 <&3 | wc -c';
-  const reader = execFileP('sh', ['-c', script, 'sh', `${mount.mountpoint}/data`]);
-  await sleep(300);
+  let opened!: () => void;
+  const open = new Promise<void>((resolve) => { opened = resolve; });
+  const ops = patternFs(MIB, async () => {});
+  const mount = await scratchMount(t, { ...ops, open: async () => { opened(); return { fh: 1 }; } });
+  // The reader opens the file, then holds it until told to read (a line on its stdin).
+  const script = 'exec 3<"$1"; read -r go; head -c 4096 <&3 | wc -c';
+  const reader = spawn('sh', ['-c', script, 'sh', `${mount.mountpoint}/data`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => reader.kill('SIGKILL'));
+  let out = '';
+  reader.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const ended = new Promise<number | null>((resolve) => reader.on('close', resolve));
+  await open;
   const first = mount.unmount();
   assert.equal(mount.unmount(), first);
-  // The reader holds its file ~700 ms more: unmount() must still be waiting after 400.
+  // The file stays open until the reader is told to go on: unmount() must not have resolved.
   const early = await Promise.race([first.then(() => 'resolved'), sleep(400).then(() => 'waiting')]);
   assert.equal(early, 'waiting', 'unmount() resolved while a file was still open');
-  assert.equal((await reader).stdout.trim(), '4096', 'the open file stopped serving after the lazy unmount');
+  reader.stdin.end('go\n');
+  assert.equal(await ended, 0);
+  assert.equal(out.trim(), '4096', 'the open file stopped serving after the lazy unmount');
   await first;
   assert.equal((await mount.exited).external, false);
   assert.equal(await isMounted(mount.mountpoint), false);
